@@ -1,0 +1,27 @@
+"""magnet_jax: MAGNeT (masked non-autoregressive audio generation) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="magnet_jax",
+    version="0.1.0",
+    description="MAGNeT (Masked Audio Generation using a Single Non-Autoregressive Transformer) in JAX/Flax",
+    python_requires=">=3.10",
+    packages=find_packages(include=["magnet_jax", "magnet_jax.*"]),
+    install_requires=[
+        "jax==0.10.2",
+        "jaxlib==0.10.2",
+        "flax==0.12.8",
+        "optax==0.2.8",
+        "orbax-checkpoint==0.12.8",
+        "numpy>=1.26",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        # PyTorch is only needed to read .bin/.pt pickles and to run reference models in parity tests.
+        "convert": ["torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["magnet-jax=magnet_jax.cli:main"]},
+)
