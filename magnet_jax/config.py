@@ -1,0 +1,190 @@
+"""Typed, frozen configuration for every part of magnet_jax.
+
+A named setup lives in `configs/NAME.py` as a `get_config() -> Config`; the command line
+overrides any leaf with `--config.section.key=value` (see `magnet_jax.config_io`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    """The MAGNeT transformer LM, with audiocraft's `transformer_lm` switches."""
+
+    n_q: int = 4  # number of codebooks (parallel token streams)
+    card: int = 2048  # codebook size; the mask token id is `card`
+    dim: int = 1024
+    num_heads: int = 16
+    num_layers: int = 24
+    hidden_scale: float = 4.0  # feed-forward width = hidden_scale * dim
+    activation: str = "gelu"  # exact (erf) GELU, as torch's F.gelu
+    norm_first: bool = True  # pre-norm layers + final norm (all released MAGNeT models)
+    bias_attn: bool = False
+    bias_ff: bool = False
+    bias_proj: bool = False  # output heads
+    layer_scale: Optional[float] = None  # LayerScale init value; None disables it
+    norm_eps: float = 1e-5
+    cross_attention: bool = True
+    causal: bool = False  # MAGNeT is bidirectional; True for MusicGen-style AR use
+    subcodes_context: int = 5  # stages > 0 attend to |t_q - t_k| <= this; -1: unrestricted
+    span_len: int = 3
+    max_period: float = 10_000.0
+    positional_scale: float = 1.0
+    # The reference zeroes padded condition positions but does not mask them in
+    # cross-attention; True masks them out properly instead.
+    cross_attention_mask: bool = False
+    # Initialisation as audiocraft's musicgen_lm: gaussian, depthwise 'current', zero biases.
+    weight_init: str = "gaussian"  # 'gaussian' | 'uniform'
+    depthwise_init: Optional[str] = "current"  # None | 'current' | 'global'
+    dtype: str = "float32"  # compute dtype (bfloat16 on accelerators)
+    param_dtype: str = "float32"
+    remat: bool = False  # rematerialise each layer in the backward pass
+    # Layers are scanned (one compiled body: fast compile); unroll > 1 trades compile time for speed.
+    scan_unroll: int = 1
+
+    @property
+    def mask_id(self) -> int:
+        return self.card
+
+    @property
+    def ffn_dim(self) -> int:
+        return int(self.hidden_scale * self.dim)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionerConfig:
+    """Text condition: a text encoder, then a projection to the LM width."""
+
+    encoder: str = "embedding"  # 'embedding' (learned table, synthetic data) | 't5' (later)
+    vocab_size: int = 64  # for the 'embedding' encoder
+    max_text_len: int = 16
+    output_dim: int = 768  # text encoder width (t5-base: 768)
+    cfg_dropout: float = 0.3  # probability of replacing the whole condition by the null one
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingConfig:
+    schedule: str = "cosine"  # a name in magnet_jax.masking.schedules
+    span_len: int = 3  # 1 = token masking
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """Sampling settings; defaults are the released music model's."""
+
+    decoding_steps: Tuple[int, ...] = (60, 10, 10, 10)
+    temperature: float = 3.0
+    anneal_temperature: bool = True
+    top_k: int = 0
+    top_p: float = 0.9
+    use_sampling: bool = True
+    max_cfg_coef: float = 10.0
+    min_cfg_coef: float = 1.0
+    span_scoring: str = "max"  # 'max' | 'prod'
+    span_arrangement: str = "nonoverlap"  # 'nonoverlap' | 'stride1'
+    schedule: str = "cosine"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "adamw"  # 'adamw' | 'dadam'
+    lr: float = 1e-4
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    max_norm: float = 1.0  # global-norm clipping; 0 disables it
+    schedule: str = "cosine"  # 'cosine' | 'inverse_sqrt' | 'constant'
+    warmup_steps: int = 4000
+    lr_min_ratio: float = 0.0
+    ema_decay: float = 0.0  # 0 disables the EMA of parameters
+    ema_every: int = 10  # audiocraft updates its EMA every 10 steps
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    num_steps: int = 1_000_000
+    global_batch_size: int = 192
+    per_device_batch_size: int = 0  # 0: derived as global / number of batch shards
+    log_every: int = 50
+    eval_every: int = 1000
+    eval_batches: int = 2
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+    workdir: str = "runs/default"
+    plot: bool = True  # PNG of the loss curves at the end
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh and the ordered logical-axis -> mesh-axis rules.
+
+    -1 in a mesh axis takes the remaining devices. A logical axis maps to the first
+    rule whose mesh axes are free in that array and divide its dimension; otherwise it
+    stays replicated.
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+        ("batch", ("data", "fsdp")),
+        ("embed", ("fsdp",)),
+        ("mlp", ("tensor",)),
+        ("heads", ("tensor",)),
+        ("vocab", ("tensor",)),
+        ("kv", ()),
+        ("layers", ()),
+        ("length", ()),
+        ("codebooks", ()),
+        ("cond_vocab", ()),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: str = "synthetic"  # 'synthetic' (embedded procedural dataset) | later: 'tfds'
+    dir: str = ""
+    segment_duration: float = 10.0  # seconds
+    frame_rate: int = 50  # codec frames per second
+    seed: int = 0
+    noise: float = 0.1  # synthetic: probability a token is replaced by a uniform one
+
+    @property
+    def num_frames(self) -> int:
+        return int(round(self.segment_duration * self.frame_rate))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    lm: LMConfig = LMConfig()
+    conditioner: ConditionerConfig = ConditionerConfig()
+    masking: MaskingConfig = MaskingConfig()
+    decode: DecodeConfig = DecodeConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    mesh: MeshConfig = MeshConfig()
+    data: DataConfig = DataConfig()
+
+    def __post_init__(self):
+        if self.masking.span_len != self.lm.span_len:
+            raise ValueError(
+                f"masking.span_len={self.masking.span_len} differs from lm.span_len={self.lm.span_len}; "
+                "set both to the same value (the sampler decodes spans of lm.span_len)."
+            )
+        if self.lm.dim % self.lm.num_heads:
+            raise ValueError(f"lm.dim={self.lm.dim} is not divisible by lm.num_heads={self.lm.num_heads}.")
+        if len(self.decode.decoding_steps) != self.lm.n_q:
+            raise ValueError(
+                f"decode.decoding_steps has {len(self.decode.decoding_steps)} entries but lm.n_q={self.lm.n_q}; "
+                "give one step count per codebook."
+            )

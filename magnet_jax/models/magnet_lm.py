@@ -1,0 +1,128 @@
+"""The MAGNeT LM: audiocraft's `MagnetLMModel` transformer in Flax NNX.
+
+K codebook embeddings of `card + 1` rows (row `card` is the mask token) are summed, a
+sinusoidal position is added, a stack of pre-norm layers (self-attention, cross-attention
+to the projected text condition, GELU feed-forward) runs, then a final norm and K heads.
+Self-attention is full for stage 0 and limited to |t_q - t_k| <= subcodes_context for
+stages > 0; the model can also run causally (rescoring, Hybrid-MAGNeT).
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from magnet_jax.config import LMConfig
+from magnet_jax.nn.attention import causal_mask, local_window_mask
+from magnet_jax.nn.initializers import lm_init
+from magnet_jax.nn.linear import param
+from magnet_jax.nn.norms import LayerNorm
+from magnet_jax.nn.positional import sin_embedding
+from magnet_jax.nn.transformer import TransformerStack
+from magnet_jax.parallel.logical import constrain
+
+Stage = Union[int, jnp.ndarray, None]
+
+
+class MagnetLM(nnx.Module):
+    def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        c = config
+        pdtype = jnp.dtype(c.param_dtype)
+        self.emb = param(rngs, lm_init(c.weight_init, c.dim), (c.n_q, c.card + 1, c.dim),
+                         ("codebooks", "vocab", "embed"), pdtype)
+        self.transformer = TransformerStack(c, rngs=rngs)
+        self.out_norm = (
+            LayerNorm(c.dim, eps=c.norm_eps, dtype=jnp.dtype(c.dtype), param_dtype=pdtype, rngs=rngs)
+            if c.norm_first else None
+        )
+        self.heads = param(rngs, lm_init(c.weight_init, c.dim), (c.n_q, c.dim, c.card),
+                           ("codebooks", "embed", "vocab"), pdtype)
+        self.heads_bias = (
+            param(rngs, lambda k, s, d: jnp.zeros(s, d), (c.n_q, c.card), ("codebooks", "vocab"), pdtype)
+            if c.bias_proj else None
+        )
+
+    # -- pieces the sampler reuses -------------------------------------------------------
+
+    def cross_key_values(self, condition: jnp.ndarray):
+        """Cross-attention keys/values of every layer for a projected condition `[B, S, dim]`:
+        compute once per generation, pass as `cross_kv=` to every step."""
+        return self.transformer.cross_key_values(condition.astype(jnp.dtype(self.config.dtype)))
+
+    def self_attention_mask(self, length: int, stage: Stage, causal: Optional[bool] = None):
+        """Boolean `[T, T]` mask (True = attend) or None for full attention."""
+        c = self.config
+        causal = c.causal if causal is None else causal
+        mask = causal_mask(length) if causal else None
+        if stage is not None and c.subcodes_context >= 0:
+            local = local_window_mask(length, c.subcodes_context)
+            if isinstance(stage, int):
+                stage_mask = local if stage > 0 else None
+            else:  # traced stage (training draws it per step)
+                stage_mask = local | (jnp.asarray(stage) == 0)
+            if stage_mask is not None:
+                mask = stage_mask if mask is None else mask & stage_mask
+        return mask
+
+    def embed(self, codes: jnp.ndarray) -> jnp.ndarray:
+        c = self.config
+        table = self.emb[...].astype(jnp.dtype(c.dtype))
+        # [K, V, D] gathered with [B, K, T] -> [B, K, T, D], summed over codebooks.
+        per_codebook = jax.vmap(lambda tab, idx: tab[idx], in_axes=(0, 1), out_axes=1)(table, codes)
+        x = per_codebook.sum(axis=1)
+        pos = sin_embedding(jnp.arange(codes.shape[-1]), c.dim, c.max_period)
+        return x + (c.positional_scale * pos).astype(x.dtype)[None]
+
+    def logits(self, hidden: jnp.ndarray, stage: Stage = None) -> jnp.ndarray:
+        """fp32 logits: `[B, K, T, card]`, or `[B, T, card]` for one `stage` only."""
+        w = self.heads[...]
+        b = None if self.heads_bias is None else self.heads_bias[...]
+        if stage is not None:
+            w = w[stage]
+            out = jnp.einsum("btd,dc->btc", hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
+            return out if b is None else out + b[stage].astype(jnp.float32)
+        out = jnp.einsum("btd,kdc->bktc", hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
+        return out if b is None else out + b.astype(jnp.float32)[None, :, None, :]
+
+    # -- forward -------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        codes: jnp.ndarray,
+        condition: Optional[jnp.ndarray] = None,
+        condition_mask: Optional[jnp.ndarray] = None,
+        *,
+        stage: Stage = None,
+        stage_logits_only: bool = False,
+        causal: Optional[bool] = None,
+        cross_kv=None,
+    ) -> jnp.ndarray:
+        """codes `[B, K, T]` int (mask id = card) -> logits float32 `[B, K, T, card]`.
+
+        stage: codebook being predicted (None: unrestricted attention, as the reference's -1);
+          an int or a traced scalar. With `stage_logits_only`, only that head runs: `[B, T, card]`.
+        condition: projected text condition `[B, S, dim]` (or precomputed `cross_kv`).
+        """
+        c = self.config
+        if codes.ndim != 3 or codes.shape[1] != c.n_q:
+            raise ValueError(f"codes must be [B, K={c.n_q}, T], got shape {codes.shape}")
+        if stage_logits_only and stage is None:
+            raise ValueError("stage_logits_only=True needs a stage")
+        if c.cross_attention and cross_kv is None:
+            if condition is None:
+                raise ValueError("this LM cross-attends to a text condition: pass condition= or cross_kv=")
+            if condition.shape[-1] != c.dim:
+                raise ValueError(f"condition must be projected to lm.dim={c.dim}, got width {condition.shape[-1]}")
+            cross_kv = self.cross_key_values(condition)
+        cross_mask = None
+        if c.cross_attention_mask and condition_mask is not None:
+            cross_mask = condition_mask.astype(bool)[:, None, None, :]
+        x = self.embed(codes)
+        x = constrain(x, ("batch", "length", "embed"))
+        x = self.transformer(x, self.self_attention_mask(codes.shape[-1], stage, causal), cross_kv, cross_mask)
+        if self.out_norm is not None:
+            x = self.out_norm(x)
+        return self.logits(x, stage if stage_logits_only else None)

@@ -1,0 +1,129 @@
+"""audiocraft's `StreamingTransformerLayer` (self-attention, cross-attention, feed-forward,
+pre- or post-norm, optional LayerScale), stacked over depth and scanned."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from magnet_jax.config import LMConfig
+from magnet_jax.nn.attention import MultiHeadAttention
+from magnet_jax.nn.initializers import depth_scale, lm_init
+from magnet_jax.nn.mlp import FeedForward
+from magnet_jax.nn.norms import LayerNorm
+from magnet_jax.parallel.logical import constrain
+
+
+class LayerScale(nnx.Module):
+    def __init__(self, dim: int, init: float, param_dtype, rngs: nnx.Rngs):
+        del rngs
+        self.scale = nnx.Param(jnp.full((dim,), init, param_dtype), out_sharding=("embed",), eager_sharding=False)
+
+    def __call__(self, x):
+        return x * self.scale[...].astype(x.dtype)
+
+
+def _maybe_scale(cfg: LMConfig, rngs) -> Optional[LayerScale]:
+    if cfg.layer_scale is None:
+        return None
+    return LayerScale(cfg.dim, cfg.layer_scale, jnp.dtype(cfg.param_dtype), rngs)
+
+
+class TransformerLayer(nnx.Module):
+    """One layer; `init_scale` is audiocraft's depthwise 1/sqrt(2 depth) (a traced scalar under vmap)."""
+
+    def __init__(self, cfg: LMConfig, init_scale, *, rngs: nnx.Rngs):
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.norm_first = cfg.norm_first
+        d, f = cfg.dim, cfg.ffn_dim
+        norm = lambda: LayerNorm(d, eps=cfg.norm_eps, dtype=dtype, param_dtype=pdtype, rngs=rngs)
+        attn = lambda: MultiHeadAttention(
+            d, cfg.num_heads, use_bias=cfg.bias_attn, out_init=lm_init(cfg.weight_init, d, init_scale),
+            dtype=dtype, param_dtype=pdtype, rngs=rngs)
+        self.norm1 = norm()
+        self.self_attn = attn()
+        self.layer_scale_1 = _maybe_scale(cfg, rngs)
+        if cfg.cross_attention:
+            self.norm_cross = norm()
+            self.cross_attn = attn()
+            self.layer_scale_cross = _maybe_scale(cfg, rngs)
+        else:
+            self.norm_cross = self.cross_attn = self.layer_scale_cross = None
+        self.norm2 = norm()
+        self.ffn = FeedForward(
+            d, f, activation=cfg.activation, use_bias=cfg.bias_ff,
+            init_in=lm_init(cfg.weight_init, d, init_scale), init_out=lm_init(cfg.weight_init, f, init_scale),
+            dtype=dtype, param_dtype=pdtype, rngs=rngs)
+        self.layer_scale_2 = _maybe_scale(cfg, rngs)
+
+    @staticmethod
+    def _scaled(scale: Optional[LayerScale], x):
+        return x if scale is None else scale(x)
+
+    def cross_key_value(self, condition: jnp.ndarray):
+        if self.cross_attn is None:
+            raise ValueError("this model has no cross-attention (lm.cross_attention=False)")
+        return self.cross_attn.key_value(condition)
+
+    def __call__(self, x, self_mask=None, cross_kv: Optional[Tuple] = None, cross_mask=None):
+        x = constrain(x, ("batch", "length", "embed"))
+        has_cross = self.cross_attn is not None and cross_kv is not None
+        if self.norm_first:
+            x = x + self._scaled(self.layer_scale_1, self.self_attn(self.norm1(x), mask=self_mask))
+            if has_cross:
+                h = self.cross_attn(self.norm_cross(x), kv=cross_kv, mask=cross_mask)
+                x = x + self._scaled(self.layer_scale_cross, h)
+            x = x + self._scaled(self.layer_scale_2, self.ffn(self.norm2(x)))
+        else:
+            src = x
+            x = self.norm1(x + self._scaled(self.layer_scale_1, self.self_attn(x, mask=self_mask)))
+            if has_cross:
+                # audiocraft's post-norm branch queries the cross-attention with the layer
+                # input, not the updated x; kept for checkpoint fidelity.
+                h = self.cross_attn(src, kv=cross_kv, mask=cross_mask)
+                x = self.norm_cross(x + self._scaled(self.layer_scale_cross, h))
+            x = self.norm2(x + self._scaled(self.layer_scale_2, self.ffn(x)))
+        return x
+
+
+class TransformerStack(nnx.Module):
+    """`num_layers` layers with parameters stacked on a leading `layers` axis, run by `nnx.scan`
+    (one compiled body whatever the depth)."""
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs):
+        self.num_layers, self.unroll, self.remat = cfg.num_layers, cfg.scan_unroll, cfg.remat
+        scales = depth_scale(cfg.depthwise_init, jnp.arange(cfg.num_layers), cfg.num_layers)
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0, 0), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make(scale, rngs):
+            return TransformerLayer(cfg, scale, rngs=rngs)
+
+        self.layers = make(scales, rngs)
+
+    def cross_key_values(self, condition: jnp.ndarray):
+        """Per-layer cross-attention keys/values, each `[L, B, S, H, Dh]`."""
+
+        @nnx.vmap(in_axes=(0, None), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def kv(layer, cond):
+            return layer.cross_key_value(cond)
+
+        return kv(self.layers, condition)
+
+    def __call__(self, x, self_mask=None, cross_kv=None, cross_mask=None):
+        def body(h, layer_and_kv):
+            layer, kv = layer_and_kv
+            return layer(h, self_mask, kv, cross_mask)
+
+        if self.remat:
+            body = nnx.remat(body)
+
+        def step(h, layer_and_kv):
+            return body(h, layer_and_kv), None
+
+        scan = nnx.scan(step, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0), length=self.num_layers,
+                        unroll=self.unroll, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        x, _ = scan(x, (self.layers, cross_kv))
+        return x

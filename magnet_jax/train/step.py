@@ -1,0 +1,102 @@
+"""MAGNeT's training objective and the pure train step `(state, batch, key) -> (state, metrics)`.
+
+Each step draws ONE codebook stage for the whole batch, a mask rate per example from the
+schedule, masks that stage with spans, replaces every higher stage by the mask id, keeps
+the lower stages, and takes the cross-entropy on the masked frames of that stage only.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from magnet_jax.config import Config
+from magnet_jax.masking import get_schedule, mask_rate_to_span_starts_lut, span_mask
+from magnet_jax.text.conditioner import cfg_dropout_keep
+from magnet_jax.train.state import TrainState
+
+
+def build_inputs(codes, stage, span, mask_id: int):
+    """codes [B,K,T], stage scalar, span bool [B,T] -> (input codes, loss mask on stage [B,T])."""
+    k = jnp.arange(codes.shape[1])[None, :, None]
+    hidden = (k > stage) | ((k == stage) & span[:, None, :])
+    return jnp.where(hidden, mask_id, codes), span
+
+
+def masked_cross_entropy(logits, targets, weights):
+    """Mean CE and accuracy over the positions where `weights` is True (audiocraft's
+    ignore_index mean: over tokens of the whole batch). logits fp32 [..., V]."""
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    ce = logz - tgt
+    w = weights.astype(jnp.float32)
+    count = jnp.maximum(w.sum(), 1.0)
+    acc = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    return (ce * w).sum() / count, (acc * w).sum() / count, w.sum()
+
+
+def stage_loss(model, batch, key, stage, cfg: Config, lut, train: bool = True):
+    """Loss of one stage on a batch. `stage` may be traced. Returns (loss, aux dict)."""
+    codes = batch["codes"]
+    b, _, t = codes.shape
+    k_rate, k_mask, k_cfg = jax.random.split(key, 3)
+    rates = get_schedule(cfg.masking.schedule)(jax.random.uniform(k_rate, (b,)))
+    span = span_mask(k_mask, rates, t, cfg.masking.span_len, lut)
+    inputs, loss_mask = build_inputs(codes, stage, span, cfg.lm.mask_id)
+    if "padding_mask" in batch:
+        loss_mask = loss_mask & batch["padding_mask"].astype(bool)
+    keep = cfg_dropout_keep(k_cfg, b, cfg.conditioner.cfg_dropout) if train else None
+    logits = model(inputs, batch["text_ids"], batch["text_mask"], stage=stage, keep=keep, stage_logits_only=True)
+    targets = jnp.take(codes, stage, axis=1)
+    ce, acc, count = masked_cross_entropy(logits, targets, loss_mask)
+    return ce, {"ce": ce, "acc": acc, "masked_frac": span.astype(jnp.float32).mean(), "num_masked": count}
+
+
+def make_train_step(cfg: Config, graphdef, tx, lr_schedule):
+    """The pure step; jit it with shardings (see `trainer.compile_train_step`)."""
+    lut = mask_rate_to_span_starts_lut(cfg.data.num_frames, cfg.masking.span_len)
+    n_q = cfg.lm.n_q
+    ema_decay, ema_every = cfg.optim.ema_decay, max(cfg.optim.ema_every, 1)
+
+    def train_step(state: TrainState, batch: Dict[str, jax.Array], key: jax.Array):
+        k_stage, k_loss = jax.random.split(key)
+        stage = jax.random.randint(k_stage, (), 0, n_q)
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params)
+            return stage_loss(model, batch, k_loss, stage, cfg, lut, train=True)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        step = state.step + 1
+        ema = state.ema_params
+        if ema is not None:
+            do = (step % ema_every) == 0
+            ema = jax.tree.map(lambda e, p: jnp.where(do, ema_decay * e + (1 - ema_decay) * p, e), ema, params)
+        onehot = jax.nn.one_hot(stage, n_q)
+        metrics = dict(aux, loss=loss, stage=stage, grad_norm=grad_norm, lr=lr_schedule(state.step),
+                       ce_per_stage=onehot * loss, stage_count=onehot)
+        return TrainState(step=step, params=params, opt_state=opt_state, ema_params=ema), metrics
+
+    return train_step
+
+
+def make_eval_step(cfg: Config, graphdef):
+    """Per-stage CE and accuracy `[K]` on a batch with fixed masking (key), no CFG dropout."""
+    lut = mask_rate_to_span_starts_lut(cfg.data.num_frames, cfg.masking.span_len)
+
+    def eval_step(params, batch, key):
+        model = nnx.merge(graphdef, params)
+        ces, accs = [], []
+        for stage in range(cfg.lm.n_q):
+            _, aux = stage_loss(model, batch, jax.random.fold_in(key, stage), stage, cfg, lut, train=False)
+            ces.append(aux["ce"])
+            accs.append(aux["acc"])
+        return {"ce_per_stage": jnp.stack(ces), "acc_per_stage": jnp.stack(accs)}
+
+    return eval_step

@@ -1,0 +1,180 @@
+"""The training loop: mesh, sharded state, compiled step, data, metrics, checkpoints, plot.
+
+Resumable: if `train.workdir` holds a checkpoint the run continues from it, and because the
+step key is `fold_in(seed, step)` and the data are indexed by step, the continued run is
+bitwise the run that was never interrupted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import numpy as np
+
+from magnet_jax.config import Config
+from magnet_jax.config_io import format_config
+from magnet_jax.parallel.logical import axis_rules
+from magnet_jax.parallel.mesh import batch_axis_size, data_sharding, make_mesh
+from magnet_jax.train.checkpoint import Checkpointer
+from magnet_jax.train.metrics import MetricsWriter, summarise_train_window
+from magnet_jax.train.optimizer import make_optimizer
+from magnet_jax.train.plot import plot_loss_curves
+from magnet_jax.train.state import abstract_train_state, build_train_state
+from magnet_jax.train.step import make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: Any
+    step: int
+    last_train: Optional[Dict[str, Any]]
+    last_eval: Optional[Dict[str, Any]]
+    baselines: Dict[str, Any]
+    workdir: str
+    plot_path: Optional[str] = None
+
+
+def make_data_source(cfg: Config):
+    if cfg.data.source == "synthetic":
+        from magnet_jax.data.synthetic import SyntheticMusicTokens
+
+        return SyntheticMusicTokens.from_config(cfg.data, cfg.lm, cfg.conditioner)
+    raise ValueError(f"data.source={cfg.data.source!r} is not available yet; use 'synthetic'.")
+
+
+def check_batch_sizes(cfg: Config, mesh, rules) -> int:
+    shards = batch_axis_size(mesh, rules)
+    g, per = cfg.train.global_batch_size, cfg.train.per_device_batch_size
+    if g % shards:
+        raise ValueError(f"train.global_batch_size={g} is not divisible by the {shards} batch shards of the mesh")
+    if g % jax.process_count():
+        raise ValueError(f"train.global_batch_size={g} is not divisible by {jax.process_count()} processes")
+    if per and per * shards != g:
+        raise ValueError(
+            f"train.per_device_batch_size={per} x {shards} batch shards = {per * shards} "
+            f"!= train.global_batch_size={g}; fix one of them (or set per_device_batch_size=0)"
+        )
+    return g // shards
+
+
+def to_global(batch: Dict[str, np.ndarray], mesh, rules, global_batch: int):
+    """Per-process numpy slices -> global jax.Arrays sharded over the batch axes."""
+    out = {}
+    for name, local in batch.items():
+        sharding = data_sharding(mesh, rules, local.ndim)
+        out[name] = jax.make_array_from_process_local_data(sharding, local, (global_batch,) + local.shape[1:])
+    return out
+
+
+def compile_train_step(cfg, graphdef, tx, schedule, shardings, example_batch, mesh, rules):
+    step_fn = make_train_step(cfg, graphdef, tx, schedule)
+    batch_sh = {k: data_sharding(mesh, rules, v.ndim) for k, v in example_batch.items()}
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(step_fn, in_shardings=(shardings, batch_sh, replicated),
+                   out_shardings=(shardings, replicated), donate_argnums=0)
+
+
+def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = None, plot: Optional[bool] = None
+          ) -> TrainResult:
+    """Trains `cfg` (resuming from `train.workdir` if it holds checkpoints).
+
+    stop_after: stop (with a checkpoint) after this many steps of this run -- simulates an
+    interruption in tests and lets jobs run in bounded slices.
+    """
+    tcfg = cfg.train
+    workdir = os.path.abspath(tcfg.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = make_mesh(cfg.mesh)
+    rules = cfg.mesh.rules
+    data = make_data_source(cfg)
+    baselines = data.baselines()
+    tx, schedule = make_optimizer(cfg.optim, tcfg.num_steps)
+    with jax.set_mesh(mesh), axis_rules(rules):
+        per_device = check_batch_sizes(cfg, mesh, rules)
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=tcfg.keep_checkpoints,
+                            async_save=tcfg.async_checkpointing)
+        start = ckpt.latest_step()
+        graphdef, state, shardings = build_train_state(cfg, tx, mesh, rules) if start is None else (None, None, None)
+        if start is not None:
+            from magnet_jax.train.state import model_graphdef
+
+            abstract, shardings = abstract_train_state(cfg, tx, mesh, rules)
+            state, extra = ckpt.restore(start, abstract, cfg)
+            graphdef = model_graphdef(cfg)
+            log.info("resumed from %s at step %d", ckpt.directory, start)
+        start = int(start or 0)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "config.txt"), "w") as f:
+                f.write(format_config(cfg) + "\n")
+
+        pidx, pcount = jax.process_index(), jax.process_count()
+        g = tcfg.global_batch_size
+
+        def host_batch(step):
+            return to_global(data.batch(step, g, pidx, pcount), mesh, rules, g)
+
+        first = host_batch(start)
+        step_fn = compile_train_step(cfg, graphdef, tx, schedule, shardings, first, mesh, rules)
+        base_key = jax.random.key(tcfg.seed)
+        t0 = time.time()
+        compiled = step_fn.lower(state, first, base_key).compile()
+        compile_s = time.time() - t0
+        mem = compiled.memory_analysis()
+        log.info("train step compiled in %.1fs; per-device batch %d; memory %s", compile_s, per_device, mem)
+
+        eval_fn = jax.jit(make_eval_step(cfg, graphdef))
+        eval_batches = [to_global(data.eval_batch(i, g, pidx, pcount), mesh, rules, g) for i in range(tcfg.eval_batches)]
+        eval_key = jax.random.fold_in(base_key, 2**31 - 1)
+
+        def evaluate(params):
+            outs = [eval_fn(params, b, jax.random.fold_in(eval_key, i)) for i, b in enumerate(eval_batches)]
+            outs = jax.device_get(outs)
+            return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
+
+        writer = MetricsWriter(workdir)
+        end = tcfg.num_steps if stop_after is None else min(tcfg.num_steps, start + stop_after)
+        bar = None
+        if progress and jax.process_index() == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=tcfg.num_steps, initial=start, desc=f"train {cfg.name}", unit="step", dynamic_ncols=True)
+        window, last_train, last_eval = [], None, None
+        batch = first
+        try:
+            for step in range(start, end):
+                state, metrics = compiled(state, batch, jax.random.fold_in(base_key, step))
+                window.append(metrics)
+                done = step + 1
+                if done < end:
+                    batch = host_batch(done)  # prepared while the device computes
+                if done % tcfg.log_every == 0 or done == end:
+                    last_train = summarise_train_window(jax.device_get(window))
+                    window = []
+                    writer.write(done, "train", last_train)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{last_train['loss']:.3f}", acc=f"{last_train['acc']:.2f}")
+                if done % tcfg.eval_every == 0 or done == tcfg.num_steps:
+                    last_eval = evaluate(state.params)
+                    writer.write(done, "eval", last_eval)
+                    log.info("step %d eval ce per stage %s", done, np.round(last_eval["ce_per_stage"], 3))
+                if done % tcfg.checkpoint_every == 0 or done == end:
+                    ckpt.save(done, state, cfg, {"data_step": done, "seed": tcfg.seed}, force=done == end)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            ckpt.close()
+            writer.close()
+        plot_path = None
+        if (tcfg.plot if plot is None else plot) and jax.process_index() == 0:
+            plot_path = plot_loss_curves(writer.path, os.path.join(workdir, "loss_curves.png"),
+                                         baselines=baselines, title=f"MAGNeT {cfg.name}: per-stage loss")
+        return TrainResult(state=state, step=end, last_train=last_train, last_eval=last_eval,
+                           baselines=baselines, workdir=workdir, plot_path=plot_path)

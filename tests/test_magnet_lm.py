@@ -1,0 +1,130 @@
+"""Shapes, masks and the restricted attention window of the MAGNeT LM."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from magnet_jax.config import LMConfig
+from magnet_jax.models.magnet_lm import MagnetLM
+
+TINY = LMConfig(n_q=4, card=32, dim=32, num_heads=4, num_layers=2, subcodes_context=2)
+
+
+def _inputs(cfg, b=2, t=24, s=5, seed=0):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    codes = jax.random.randint(k1, (b, cfg.n_q, t), 0, cfg.card + 1)
+    cond = jax.random.normal(k2, (b, s, cfg.dim))
+    return codes, cond
+
+
+def test_logits_shapes_and_dtypes():
+    model = MagnetLM(TINY, rngs=nnx.Rngs(0))
+    codes, cond = _inputs(TINY)
+    out = model(codes, cond, stage=0)
+    assert out.shape == (2, 4, 24, 32) and out.dtype == jnp.float32
+    one = model(codes, cond, stage=2, stage_logits_only=True)
+    assert one.shape == (2, 24, 32)
+    np.testing.assert_allclose(one, model(codes, cond, stage=2)[:, 2], rtol=1e-5, atol=1e-5)
+    # A traced stage gives the same result as the static one.
+    traced = nnx.jit(lambda m, s: m(codes, cond, stage=s, stage_logits_only=True))(model, jnp.int32(2))
+    np.testing.assert_allclose(traced, one, rtol=1e-5, atol=1e-5)
+
+
+def test_parameter_layout_and_logical_axes():
+    model = MagnetLM(TINY, rngs=nnx.Rngs(0))
+    _, state = nnx.split(model)
+    flat = {"/".join(map(str, k)): v for k, v in nnx.to_flat_state(state)}
+    assert flat["emb"].get_value().shape == (4, 33, 32)  # card + 1 rows: the mask token
+    assert flat["emb"].get_metadata()["out_sharding"] == ("codebooks", "vocab", "embed")
+    assert flat["heads"].get_value().shape == (4, 32, 32)
+    q = flat["transformer/layers/self_attn/query/kernel"]
+    assert q.get_value().shape == (2, 32, 4, 8)
+    assert q.get_metadata()["out_sharding"] == ("layers", "embed", "heads", "kv")
+    assert "transformer/layers/cross_attn/query/kernel" in flat
+    assert not any("bias" in k and "norm" not in k for k in flat)  # no biases in the released configs
+    with_bias = dataclasses.replace(TINY, bias_attn=True, bias_ff=True, bias_proj=True, layer_scale=1e-4)
+    _, state = nnx.split(MagnetLM(with_bias, rngs=nnx.Rngs(0)))
+    names = {"/".join(map(str, k)) for k, _ in nnx.to_flat_state(state)}
+    assert {"heads_bias", "transformer/layers/ffn/linear1/bias", "transformer/layers/layer_scale_1/scale"} <= names
+
+
+def _one_layer_outputs(stage, perturb_at, t=24, seed=0):
+    cfg = dataclasses.replace(TINY, num_layers=1)
+    model = MagnetLM(cfg, rngs=nnx.Rngs(seed))
+    codes, cond = _inputs(cfg, b=1, t=t, seed=seed)
+    base = model(codes, cond, stage=stage)
+    changed = codes.at[:, :, perturb_at].set((codes[:, :, perturb_at] + 1) % cfg.card)
+    return np.abs(np.asarray(model(changed, cond, stage=stage) - base)).max(axis=(0, 1, 3))  # per frame
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_restricted_window_for_stages_above_zero(stage):
+    ctx, p, t = TINY.subcodes_context, 11, 24
+    diff = _one_layer_outputs(stage, p, t)
+    inside = [q for q in range(t) if abs(q - p) <= ctx]
+    outside = [q for q in range(t) if abs(q - p) > ctx]
+    assert np.all(diff[outside] == 0.0), "a token outside the window changed stage>0 outputs"
+    assert np.all(diff[inside] > 1e-6), "a token inside the window did not change the outputs"
+
+
+def test_stage_zero_attends_everywhere():
+    diff = _one_layer_outputs(0, 11)
+    assert np.all(diff > 1e-6)
+
+
+def test_causal_mode_and_unrestricted_context():
+    cfg = dataclasses.replace(TINY, num_layers=1, causal=True)
+    model = MagnetLM(cfg, rngs=nnx.Rngs(0))
+    codes, cond = _inputs(cfg, b=1)
+    base = model(codes, cond, stage=0)
+    changed = codes.at[:, :, 10].set((codes[:, :, 10] + 1) % cfg.card)
+    diff = np.abs(np.asarray(model(changed, cond, stage=0) - base)).max(axis=(0, 1, 3))
+    assert np.all(diff[:10] == 0.0) and np.all(diff[10:] > 1e-6)
+    # Per-call override: the bidirectional model run causally equals the causal model.
+    bidir = MagnetLM(dataclasses.replace(cfg, causal=False), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(bidir(codes, cond, stage=0, causal=True), base, rtol=1e-5, atol=1e-5)
+    unrestricted = dataclasses.replace(TINY, num_layers=1, subcodes_context=-1)
+    m = MagnetLM(unrestricted, rngs=nnx.Rngs(0))
+    assert np.all(np.abs(np.asarray(m(changed, cond, stage=2) - m(codes, cond, stage=2))).max(axis=(0, 1, 3)) > 0)
+
+
+def test_precomputed_cross_kv_matches_and_condition_checks():
+    model = MagnetLM(TINY, rngs=nnx.Rngs(0))
+    codes, cond = _inputs(TINY)
+    kv = model.cross_key_values(cond)
+    np.testing.assert_allclose(model(codes, cross_kv=kv, stage=1), model(codes, cond, stage=1), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="condition"):
+        model(codes, stage=1)
+    with pytest.raises(ValueError, match="lm.dim"):
+        model(codes, cond[..., :8], stage=1)
+    with pytest.raises(ValueError, match=r"\[B, K=4, T\]"):
+        model(codes[:, :3], cond, stage=1)
+
+
+def test_cross_attention_mask_option():
+    codes, cond = _inputs(TINY)
+    mask = jnp.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], bool)
+    zeroed = cond * mask[..., None]
+    ref_model = MagnetLM(TINY, rngs=nnx.Rngs(0))
+    # Reference semantics: padded (zeroed) keys still take part in the softmax.
+    a = ref_model(codes, zeroed, mask, stage=0)
+    b = ref_model(codes, zeroed[:, :2], mask[:, :2], stage=0)
+    assert np.abs(np.asarray(a - b)).max() > 1e-4
+    masked = MagnetLM(dataclasses.replace(TINY, cross_attention_mask=True), rngs=nnx.Rngs(0))
+    a = masked(codes[:1], zeroed[:1], mask[:1], stage=0)
+    b = masked(codes[:1], zeroed[:1, :2], mask[:1, :2], stage=0)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_compute_keeps_fp32_params_and_logits():
+    cfg = dataclasses.replace(TINY, dtype="bfloat16")
+    model = MagnetLM(cfg, rngs=nnx.Rngs(0))
+    codes, cond = _inputs(cfg)
+    out = model(codes, cond, stage=1)
+    assert out.dtype == jnp.float32 and bool(jnp.isfinite(out).all())
+    assert model.emb[...].dtype == jnp.float32
+    ref = MagnetLM(TINY, rngs=nnx.Rngs(0))(codes, cond, stage=1)
+    assert np.abs(np.asarray(out - ref)).max() < 0.2  # same function, bf16 rounding only
