@@ -1,0 +1,9 @@
+"""Audio-MAGNeT small (300M), 10 s sound at 16 kHz (EnCodec hop 320 -> 50 Hz): audio_magnet_16khz.yaml.
+
+Batch 128 = audiocraft's 256 loaded items x mix_p 0.5 (sample-mixing augmentation).
+"""
+from _base import audio
+
+
+def get_config():
+    return audio("audio_magnet_small", "small", segment_duration=10.0)
