@@ -1,0 +1,153 @@
+"""audiocraft LM state dict (`emb.*`, `transformer.layers.*`, `out_norm.*`, `linears.*`) -> MagnetLM params.
+
+Every tensor of the LM must be consumed and every parameter set, or the conversion fails
+naming what is left. Keys of other parts (e.g. `condition_provider.*`) are returned
+untouched for their own converters.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Tuple
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from magnet_jax.config import LMConfig
+
+LM_PREFIXES = ("emb.", "transformer.", "out_norm.", "linears.")
+
+
+class ConversionError(ValueError):
+    pass
+
+
+class _Source:
+    """Pops tensors by name so leftovers can be reported."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray]):
+        self.tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+        self.missing = []
+
+    def pop(self, name: str):
+        if name not in self.tensors:
+            self.missing.append(name)
+            return None
+        return self.tensors.pop(name)
+
+
+def _attention(src: _Source, prefix: str, cfg: LMConfig) -> Dict:
+    d, h = cfg.dim, cfg.num_heads
+    w = src.pop(prefix + "in_proj_weight")  # [3D, D]: rows q, k, v; each (heads, head_dim)
+    out_w = src.pop(prefix + "out_proj.weight")  # [D, D]
+    if w is None or out_w is None:
+        return {}
+    heads = lambda m: m.T.reshape(d, h, d // h)
+    p = {
+        "query": {"kernel": heads(w[:d])},
+        "key": {"kernel": heads(w[d:2 * d])},
+        "value": {"kernel": heads(w[2 * d:])},
+        "out": {"kernel": out_w.T.reshape(h, d // h, d)},
+    }
+    if cfg.bias_attn:
+        b = src.pop(prefix + "in_proj_bias")
+        ob = src.pop(prefix + "out_proj.bias")
+        if b is not None:
+            for i, name in enumerate(("query", "key", "value")):
+                p[name]["bias"] = b[i * d:(i + 1) * d].reshape(h, d // h)
+        if ob is not None:
+            p["out"]["bias"] = ob
+    return p
+
+
+def _norm(src: _Source, prefix: str) -> Dict:
+    return {"scale": src.pop(prefix + "weight"), "bias": src.pop(prefix + "bias")}
+
+
+def _linear(src: _Source, prefix: str, bias: bool) -> Dict:
+    w = src.pop(prefix + "weight")
+    p = {"kernel": None if w is None else w.T}
+    if bias:
+        p["bias"] = src.pop(prefix + "bias")
+    return p
+
+
+def _layer(src: _Source, i: int, cfg: LMConfig) -> Dict:
+    pre = f"transformer.layers.{i}."
+    p = {
+        "norm1": _norm(src, pre + "norm1."),
+        "self_attn": _attention(src, pre + "self_attn.", cfg),
+        "norm2": _norm(src, pre + "norm2."),
+        "ffn": {"linear1": _linear(src, pre + "linear1.", cfg.bias_ff),
+                "linear2": _linear(src, pre + "linear2.", cfg.bias_ff)},
+    }
+    if cfg.cross_attention:
+        p["norm_cross"] = _norm(src, pre + "norm_cross.")
+        p["cross_attn"] = _attention(src, pre + "cross_attention.", cfg)
+    if cfg.layer_scale is not None:
+        p["layer_scale_1"] = {"scale": src.pop(pre + "layer_scale_1.scale")}
+        p["layer_scale_2"] = {"scale": src.pop(pre + "layer_scale_2.scale")}
+        if cfg.cross_attention:
+            p["layer_scale_cross"] = {"scale": src.pop(pre + "layer_scale_cross.scale")}
+    return p
+
+
+def _stack(trees):
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: _stack([t.get(k) for t in trees]) for k in first}
+    if any(t is None for t in trees):
+        return None
+    return np.stack(trees)
+
+
+def lm_params_from_audiocraft(state_dict: Mapping[str, np.ndarray], cfg: LMConfig) -> Tuple[Dict, Dict]:
+    """Returns (pure nested param dict for `MagnetLM`, the non-LM tensors left for other converters)."""
+    lm_keys = {k: v for k, v in state_dict.items() if k.startswith(LM_PREFIXES)}
+    others = {k: v for k, v in state_dict.items() if not k.startswith(LM_PREFIXES)}
+    src = _Source(lm_keys)
+    emb = [src.pop(f"emb.{k}.weight") for k in range(cfg.n_q)]
+    heads = [src.pop(f"linears.{k}.weight") for k in range(cfg.n_q)]
+    params = {
+        "emb": None if any(e is None for e in emb) else np.stack(emb),
+        "heads": None if any(h is None for h in heads) else np.stack([h.T for h in heads]),
+        "transformer": {"layers": _stack([_layer(src, i, cfg) for i in range(cfg.num_layers)])},
+    }
+    if cfg.norm_first:
+        params["out_norm"] = _norm(src, "out_norm.")
+    if cfg.bias_proj:
+        hb = [src.pop(f"linears.{k}.bias") for k in range(cfg.n_q)]
+        params["heads_bias"] = None if any(b is None for b in hb) else np.stack(hb)
+    if src.missing:
+        raise ConversionError(f"checkpoint lacks {len(src.missing)} LM tensors the config needs, e.g. "
+                              f"{src.missing[:5]}; is the config (layers, biases, layer_scale) the checkpoint's?")
+    if src.tensors:
+        raise ConversionError(f"{len(src.tensors)} LM tensors of the checkpoint were not used, e.g. "
+                              f"{sorted(src.tensors)[:5]}; the config does not describe this checkpoint.")
+    return params, others
+
+
+def load_into(model: nnx.Module, params: Dict) -> None:
+    """Writes a pure param dict into `model`, checking every parameter is set with its shape."""
+    state = nnx.state(model, nnx.Param)
+    flat_target = dict(nnx.to_flat_state(state))
+    flat_src = {}
+
+    def walk(tree, path):
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                walk(v, path + (k,))
+            else:
+                flat_src[path + (k,)] = v
+
+    walk(params, ())
+    unset = sorted("/".join(map(str, p)) for p in flat_target if p not in flat_src)
+    extra = sorted("/".join(map(str, p)) for p in flat_src if p not in flat_target)
+    if unset or extra:
+        raise ConversionError(f"parameters left unset: {unset[:5]}; converted tensors with no parameter: {extra[:5]}")
+    for path, var in flat_target.items():
+        value = flat_src[path]
+        if value is None or tuple(value.shape) != tuple(var.get_value().shape):
+            got = None if value is None else tuple(value.shape)
+            raise ConversionError(f"parameter {'/'.join(map(str, path))}: expected shape "
+                                  f"{tuple(var.get_value().shape)}, checkpoint gives {got}")
+        var.set_value(jnp.asarray(value, dtype=var.get_value().dtype))
