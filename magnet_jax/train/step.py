@@ -38,8 +38,12 @@ def masked_cross_entropy(logits, targets, weights):
     return (ce * w).sum() / count, (acc * w).sum() / count, w.sum()
 
 
-def stage_loss(model, batch, key, stage, cfg: Config, lut, train: bool = True):
-    """Loss of one stage on a batch. `stage` may be traced. Returns (loss, aux dict)."""
+def stage_loss(model, batch, key, stage, cfg: Config, lut, condition: str = "dropout"):
+    """Loss of one stage on a batch. `stage` may be traced. Returns (loss, aux dict).
+
+    condition: 'dropout' (training: CFG dropout), 'text' (always conditioned) or 'null'
+    (always the null condition: what the model knows without the caption).
+    """
     codes = batch["codes"]
     b, _, t = codes.shape
     k_rate, k_mask, k_cfg = jax.random.split(key, 3)
@@ -48,7 +52,12 @@ def stage_loss(model, batch, key, stage, cfg: Config, lut, train: bool = True):
     inputs, loss_mask = build_inputs(codes, stage, span, cfg.lm.mask_id)
     if "padding_mask" in batch:
         loss_mask = loss_mask & batch["padding_mask"].astype(bool)
-    keep = cfg_dropout_keep(k_cfg, b, cfg.conditioner.cfg_dropout) if train else None
+    if condition == "dropout":
+        keep = cfg_dropout_keep(k_cfg, b, cfg.conditioner.cfg_dropout)
+    elif condition in ("text", "null"):
+        keep = jnp.full((b,), condition == "text")
+    else:
+        raise ValueError(f"condition must be 'dropout', 'text' or 'null', got {condition!r}")
     logits = model(inputs, batch["text_ids"], batch["text_mask"], stage=stage, keep=keep, stage_logits_only=True)
     targets = jnp.take(codes, stage, axis=1)
     ce, acc, count = masked_cross_entropy(logits, targets, loss_mask)
@@ -67,7 +76,7 @@ def make_train_step(cfg: Config, graphdef, tx, lr_schedule):
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params)
-            return stage_loss(model, batch, k_loss, stage, cfg, lut, train=True)
+            return stage_loss(model, batch, k_loss, stage, cfg, lut)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grad_norm = optax.global_norm(grads)
@@ -87,16 +96,20 @@ def make_train_step(cfg: Config, graphdef, tx, lr_schedule):
 
 
 def make_eval_step(cfg: Config, graphdef):
-    """Per-stage CE and accuracy `[K]` on a batch with fixed masking (key), no CFG dropout."""
+    """Per-stage CE and accuracy `[K]` on a batch with fixed masking (key), with the text
+    condition and with the null condition (the gap is what the caption is worth)."""
     lut = mask_rate_to_span_starts_lut(cfg.data.num_frames, cfg.masking.span_len)
 
     def eval_step(params, batch, key):
         model = nnx.merge(graphdef, params)
-        ces, accs = [], []
+        out = {"ce_per_stage": [], "acc_per_stage": [], "ce_per_stage_null_text": []}
         for stage in range(cfg.lm.n_q):
-            _, aux = stage_loss(model, batch, jax.random.fold_in(key, stage), stage, cfg, lut, train=False)
-            ces.append(aux["ce"])
-            accs.append(aux["acc"])
-        return {"ce_per_stage": jnp.stack(ces), "acc_per_stage": jnp.stack(accs)}
+            k = jax.random.fold_in(key, stage)
+            _, aux = stage_loss(model, batch, k, stage, cfg, lut, condition="text")
+            _, null = stage_loss(model, batch, k, stage, cfg, lut, condition="null")
+            out["ce_per_stage"].append(aux["ce"])
+            out["acc_per_stage"].append(aux["acc"])
+            out["ce_per_stage_null_text"].append(null["ce"])
+        return {k: jnp.stack(v) for k, v in out.items()}
 
     return eval_step
