@@ -6,6 +6,7 @@ from magnet_jax.masking.schedules import (
     schedule_np,
 )
 from magnet_jax.masking.spans import (
+    decoding_mask_rates,
     mask_rate_to_span_starts_lut,
     num_masked_spans_schedule,
     span_mask,
@@ -16,6 +17,7 @@ __all__ = [
     "get_schedule",
     "register_schedule",
     "schedule_np",
+    "decoding_mask_rates",
     "mask_rate_to_span_starts_lut",
     "num_masked_spans_schedule",
     "span_mask",

@@ -128,18 +128,37 @@ def _torch_linspace_f32(num_steps: int, fused: bool) -> np.ndarray:
     return out
 
 
+def decoding_mask_rates(num_steps: int, schedule: "str | Schedule" = "cosine",
+                        reference_device: str = "cuda") -> np.ndarray:
+    """float32 [num_steps]: the sampler's mask rate gamma(t_i) at each step of a stage, as the
+    reference computes it (t from torch's float32 linspace; see num_masked_spans_schedule).
+    It also sets the classifier-free-guidance coefficient of each step."""
+    if reference_device not in ("cuda", "cpu"):
+        raise ValueError(f"reference_device must be 'cuda' or 'cpu', got {reference_device!r}")
+    t = _torch_linspace_f32(num_steps, fused=reference_device == "cuda")
+    fn = get_schedule(schedule)
+    if fn is cosine:
+        # (t * pi) rounds to float32 first (torch casts the python scalar to the tensor's
+        # float32), * 0.5 is exact; numpy's float32 cos is not correctly rounded, so go
+        # through float64.
+        arg = (t * np.float32(math.pi)) * np.float32(0.5)
+        return np.array([math.cos(float(a)) for a in arg], dtype=np.float64).astype(np.float32)
+    return np.asarray(fn(t), dtype=np.float32)
+
+
 def num_masked_spans_schedule(num_steps: int, num_chunks: int, schedule: "str | Schedule" = "cosine",
                               reference_device: str = "cuda") -> np.ndarray:
     """int32 [num_steps]: spans kept masked at each decoding step of one stage.
 
     audiocraft: for t in torch.linspace(0, 1, steps) (float32): mask_p = cos(t * pi * 0.5)
     (float32), num_masked = max(int(mask_p * num_chunks), 1) with the product in float32 and
-    int() truncating. The float32 t differs by one ulp between torch's CUDA kernel (fused
-    multiply-add) and its CPU kernel at some steps, which flips a count by one, e.g. at
-    t = 2/3 (cos = 1/2) with num_steps = 10 and an even num_chunks; `reference_device` picks
-    which to reproduce ('cuda', what MAGNeT is run on, or 'cpu': torch's scalar CPU path,
-    exact for num_steps below twice the SIMD width). cos is taken correctly rounded to
-    float32. Other schedules are evaluated in float32 on the same t.
+    int() truncating. torch's linspace kernel computes the second half as end - step * k; when
+    the compiler contracts that into one fused multiply-add (CUDA; also the x86 CPU wheel of
+    torch 2.13, checked against torch in tests/test_sampler.py) t is one ulp off the unfused
+    value at some steps, which flips a count by one, e.g. at t = 2/3 (cos = 1/2) with
+    num_steps = 10 and an even num_chunks. 'cuda' (the default) reproduces the fused kernel,
+    'cpu' an unfused scalar one. cos is taken correctly rounded to float32. Other schedules
+    are evaluated in float32 on the same t.
     """
     try:
         num_steps, num_chunks = operator.index(num_steps), operator.index(num_chunks)
@@ -152,16 +171,7 @@ def num_masked_spans_schedule(num_steps: int, num_chunks: int, schedule: "str | 
     if reference_device not in ("cuda", "cpu"):
         raise ValueError(f"reference_device must be 'cuda' or 'cpu', got {reference_device!r}")
 
-    t = _torch_linspace_f32(num_steps, fused=reference_device == "cuda")
-    fn = get_schedule(schedule)
-    if fn is cosine:
-        # (t * pi) rounds to float32 first (torch casts the python scalar to the tensor's
-        # float32), * 0.5 is exact; numpy's float32 cos is not correctly rounded, so go
-        # through float64.
-        arg = (t * np.float32(math.pi)) * np.float32(0.5)
-        mask_p = np.array([math.cos(float(a)) for a in arg], dtype=np.float64).astype(np.float32)
-    else:
-        mask_p = np.asarray(fn(t), dtype=np.float32)
+    mask_p = decoding_mask_rates(num_steps, schedule, reference_device)
     prod = mask_p * np.float32(num_chunks)  # float32 product
     counts = np.trunc(prod.astype(np.float64))
     return np.maximum(counts, 1).astype(np.int32)

@@ -1,0 +1,221 @@
+"""MAGNeT's iterative span-unmasking sampler as one compiled program, plus a step-wise driver.
+
+    sampler = MagnetSampler(lm)                       # an nnx MagnetLM (or graphdef + params)
+    codes = sampler.generate(condition, condition_mask, key, settings, knobs, length=500)
+
+`generate` runs every stage inside one `jax.jit`: stages unrolled in Python (static stage
+index: attention mask, head, step count), the steps of a stage in `lax.fori_loop`, the
+per-step span counts from host tables, the cross-attention keys/values of the text and
+the null text computed once before the loop. `generate_stepwise` runs the very same step
+function from Python, one dispatch per step, for progress callbacks and streaming.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
+from magnet_jax.decode.stage import StageTables, decode_step, initial_stage_state, step_key
+from magnet_jax.models.magnet_lm import MagnetLM
+from magnet_jax.parallel.logical import axis_rules
+from magnet_jax.parallel.mesh import batch_axis_size, data_sharding, tree_shardings
+
+ProgressFn = Callable[[int, int], None]
+
+
+def output_length(settings: SamplerSettings, length: int) -> int:
+    """The reference trims the sequence to a multiple of span_len for chunked decoding."""
+    return (length // settings.span_len) * settings.span_len if settings.chunked else length
+
+
+class MagnetSampler:
+    def __init__(self, lm, params=None, *, mesh=None, rules=None):
+        """lm: a MagnetLM module, or its graphdef with `params` (an nnx.State of Params)."""
+        if isinstance(lm, MagnetLM):
+            self.graphdef, self.params = nnx.split(lm, nnx.Param)
+            self.config = lm.config
+        else:
+            if params is None:
+                raise ValueError("pass a MagnetLM module, or a graphdef together with params")
+            self.graphdef, self.params = lm, params
+            self.config = nnx.merge(lm, params).config
+        self.mesh, self.rules = mesh, tuple(rules or ())
+        if mesh is not None:
+            self.params = jax.device_put(self.params, tree_shardings(self.params, mesh, self.rules))
+        self._generate_jit = jax.jit(self._generate, static_argnames=("settings", "length"))
+        self._prepare_jit = jax.jit(self._prepare, static_argnames=("use_cfg",))
+        self._step_jit = jax.jit(self._step, static_argnames=("stage", "settings", "length", "prompt_len"))
+
+    # -- pure pieces ---------------------------------------------------------------------
+
+    def _lm(self, params) -> MagnetLM:
+        # Fresh Variables at the current trace level (params may be closed over from an outer trace).
+        return nnx.merge(self.graphdef, jax.tree.map(lambda x: x, params))
+
+    def _prepare(self, params, condition, condition_mask, *, use_cfg: bool):
+        """Cross-attention keys/values of [text; null text] (computed once per generation)."""
+        if use_cfg:
+            condition = jnp.concatenate([condition, jnp.zeros_like(condition)], axis=0)
+            condition_mask = jnp.concatenate([condition_mask, jnp.zeros_like(condition_mask)], axis=0)
+        return self._lm(params).cross_key_values(condition), condition_mask
+
+    def _logits_fn(self, params, cross_kv, cond_mask, stage):
+        def logits(codes):
+            return self._lm(params)(codes, condition_mask=cond_mask, cross_kv=cross_kv, stage=stage,
+                                    stage_logits_only=True)
+
+        return logits
+
+    def _initial_codes(self, prompt, batch, length):
+        k, mask_id = self.config.n_q, self.config.mask_id
+        codes = jnp.full((batch, k, length), mask_id, jnp.int32)
+        if prompt is not None and prompt.shape[-1]:
+            codes = codes.at[:, :, :prompt.shape[-1]].set(prompt.astype(jnp.int32))
+        return codes
+
+    def _generate(self, params, condition, condition_mask, prompt, key, knobs, *, settings, length):
+        cross_kv, cond_mask = self._prepare(params, condition, condition_mask, use_cfg=settings.cfg)
+        length = output_length(settings, length)
+        prompt_len = 0 if prompt is None else prompt.shape[-1]
+        codes = self._initial_codes(prompt, condition.shape[0], length)
+        for stage, steps in enumerate(settings.decoding_steps):
+            tables = StageTables.build(settings, steps, length, prompt_len)
+            logits_fn = self._logits_fn(params, cross_kv, cond_mask, stage)
+
+            def body(i, state, stage=stage, tables=tables, logits_fn=logits_fn):
+                return decode_step(logits_fn, state, i, step_key(key, stage, i), knobs, stage=stage, tables=tables,
+                                   settings=settings, mask_id=self.config.mask_id, prompt=prompt)
+
+            codes = jax.lax.fori_loop(0, steps, body, initial_stage_state(codes, tables)).codes
+        return codes
+
+    def _step(self, params, cross_kv, cond_mask, state, i, key, knobs, prompt, *, stage, settings, length,
+              prompt_len):
+        tables = StageTables.build(settings, settings.decoding_steps[stage], length, prompt_len)
+        return decode_step(self._logits_fn(params, cross_kv, cond_mask, stage), state, i, step_key(key, stage, i),
+                           knobs, stage=stage, tables=tables, settings=settings, mask_id=self.config.mask_id,
+                           prompt=prompt)
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def _check_inputs(self, condition, condition_mask, prompt, settings, length):
+        c = self.config
+        if len(settings.decoding_steps) != c.n_q:
+            raise ValueError(f"decoding_steps has {len(settings.decoding_steps)} entries, the LM has n_q={c.n_q} "
+                             "codebooks: give one step count per codebook")
+        if settings.span_len != c.span_len:
+            raise ValueError(f"settings.span_len={settings.span_len} differs from the LM's span_len={c.span_len}")
+        if condition.ndim != 3 or condition.shape[-1] != c.dim:
+            raise ValueError(f"condition must be the projected text condition [B, S, {c.dim}], got {condition.shape}")
+        if condition_mask.shape != condition.shape[:2]:
+            raise ValueError(f"condition_mask must be [B, S] = {condition.shape[:2]}, got {condition_mask.shape}")
+        if prompt is not None:
+            if prompt.ndim != 3 or prompt.shape[:2] != (condition.shape[0], c.n_q):
+                raise ValueError(f"prompt must be codes [B={condition.shape[0]}, K={c.n_q}, P], got {prompt.shape}")
+            if prompt.shape[-1] >= length:
+                raise ValueError(f"the prompt ({prompt.shape[-1]} frames) must be shorter than length={length}")
+        if output_length(settings, length) < 1:
+            raise ValueError(f"length={length} is shorter than one span of {settings.span_len} frames")
+
+    def _place(self, *arrays):
+        """Pads the batch to a multiple of the mesh's batch shards and shards it."""
+        b = arrays[0].shape[0]
+        if self.mesh is None:
+            return b, arrays
+        shards = batch_axis_size(self.mesh, self.rules)
+        padded = -(-b // shards) * shards
+        out = []
+        for x in arrays:
+            if x is None:
+                out.append(None)
+                continue
+            x = jnp.asarray(x)
+            if padded != b:
+                x = jnp.concatenate([x, jnp.repeat(x[-1:], padded - b, axis=0)], axis=0)
+            out.append(jax.device_put(x, data_sharding(self.mesh, self.rules, x.ndim)))
+        return b, tuple(out)
+
+    def _context(self):
+        if self.mesh is None:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self.mesh))
+        stack.enter_context(axis_rules(self.rules))
+        return stack
+
+    # -- drivers -------------------------------------------------------------------------
+
+    def generate(self, condition, condition_mask, key, settings: SamplerSettings, knobs: Optional[DecodeKnobs] = None,
+                 *, length: int, prompt: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+        """codes int32 [B, K, T'] (T' = length, trimmed to a multiple of span_len when chunked).
+
+        condition: projected text condition [B, S, dim] with its mask [B, S]; prompt: codes
+        [B, K, P] kept fixed (continuation).
+        """
+        knobs = DecodeKnobs.create() if knobs is None else knobs
+        condition_mask = jnp.asarray(condition_mask).astype(bool)
+        self._check_inputs(condition, condition_mask, prompt, settings, length)
+        b, (condition, condition_mask, prompt) = self._place(condition, condition_mask, prompt)
+        with self._context():
+            codes = self._generate_jit(self.params, condition, condition_mask, prompt, key, knobs,
+                                       settings=settings, length=length)
+        return codes[:b]
+
+    def lower(self, condition, condition_mask, key, settings, knobs=None, *, length, prompt=None):
+        """The jitted program lowered for these shapes (compile it to time compilation)."""
+        knobs = DecodeKnobs.create() if knobs is None else knobs
+        with self._context():
+            return self._generate_jit.lower(self.params, condition, jnp.asarray(condition_mask).astype(bool),
+                                            prompt, key, knobs, settings=settings, length=length)
+
+    def generate_stepwise(self, condition, condition_mask, key, settings: SamplerSettings,
+                          knobs: Optional[DecodeKnobs] = None, *, length: int, prompt=None,
+                          progress: Optional[ProgressFn] = None) -> Iterator[Tuple[int, int, jnp.ndarray]]:
+        """Yields (stage, step, codes) after every step; the last codes equal `generate`'s.
+
+        Same step function and keys as `generate`, dispatched one step at a time: for
+        progress bars and streaming intermediate results.
+        """
+        knobs = DecodeKnobs.create() if knobs is None else knobs
+        condition_mask = jnp.asarray(condition_mask).astype(bool)
+        self._check_inputs(condition, condition_mask, prompt, settings, length)
+        b, (condition, condition_mask, prompt) = self._place(condition, condition_mask, prompt)
+        total, done = settings.total_steps, 0
+        with self._context():
+            cross_kv, cond_mask = self._prepare_jit(self.params, condition, condition_mask, use_cfg=settings.cfg)
+            length = output_length(settings, length)
+            prompt_len = 0 if prompt is None else prompt.shape[-1]
+            codes = self._initial_codes(prompt, condition.shape[0], length)
+            for stage, steps in enumerate(settings.decoding_steps):
+                state = initial_stage_state(codes, StageTables.build(settings, steps, length, prompt_len))
+                for i in range(steps):
+                    state = self._step_jit(self.params, cross_kv, cond_mask, state, jnp.int32(i), key, knobs, prompt,
+                                           stage=stage, settings=settings, length=length, prompt_len=prompt_len)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                    yield stage, i, state.codes[:b]
+                codes = state.codes
+
+    def generate_with_progress(self, *args, progress: Optional[ProgressFn] = None, **kwargs) -> jnp.ndarray:
+        codes = None
+        for _, _, codes in self.generate_stepwise(*args, progress=progress, **kwargs):
+            pass
+        return codes
+
+
+def enable_compilation_cache(path: Optional[str] = None) -> str:
+    """JAX's persistent compilation cache: a second process reuses compiled samplers."""
+    import os
+
+    path = path or os.environ.get("MAGNET_JAX_CACHE", os.path.expanduser("~/.cache/magnet_jax/xla"))
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path

@@ -1,0 +1,84 @@
+"""Decoding settings: static ones (shape the compiled program) and traced knobs (don't)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Tuple
+
+import jax.numpy as jnp
+from flax import struct
+
+from magnet_jax.config import DecodeConfig
+from magnet_jax.masking import available_schedules
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """Static: changing any of these compiles a new program."""
+
+    decoding_steps: Tuple[int, ...] = (20, 10, 10, 10)
+    span_len: int = 3
+    span_scoring: str = "max"  # 'max' | 'prod'
+    span_arrangement: str = "nonoverlap"  # 'nonoverlap' | 'stride1'
+    use_sampling: bool = True
+    top_k: int = 0
+    anneal_temperature: bool = True
+    schedule: str = "cosine"
+    cfg: bool = True  # classifier-free guidance: one forward at doubled batch (text | null text)
+
+    def __post_init__(self):
+        if not self.decoding_steps or any(int(s) < 1 for s in self.decoding_steps):
+            raise ValueError(f"decoding_steps must be positive step counts per stage, got {self.decoding_steps}")
+        if self.span_len < 1:
+            raise ValueError(f"span_len must be >= 1, got {self.span_len}")
+        if self.span_scoring not in ("max", "prod"):
+            raise ValueError(f"span_scoring must be 'max' or 'prod', got {self.span_scoring!r}")
+        if self.span_arrangement not in ("nonoverlap", "stride1"):
+            raise ValueError(f"span_arrangement must be 'nonoverlap' or 'stride1', got {self.span_arrangement!r}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if isinstance(self.schedule, str) and self.schedule not in available_schedules():
+            raise ValueError(f"unknown schedule {self.schedule!r}; registered: {available_schedules()}")
+        object.__setattr__(self, "decoding_steps", tuple(int(s) for s in self.decoding_steps))
+
+    @property
+    def chunked(self) -> bool:
+        """Non-overlapping spans of span_len > 1: scores per chunk, T trimmed to a multiple."""
+        return self.span_len > 1 and self.span_arrangement == "nonoverlap"
+
+    @property
+    def least_probable_spans(self) -> bool:
+        return self.span_len > 1 and self.span_arrangement == "stride1"
+
+    @property
+    def total_steps(self) -> int:
+        return sum(self.decoding_steps)
+
+    @classmethod
+    def from_config(cls, cfg: DecodeConfig, span_len: int, **overrides) -> "SamplerSettings":
+        base = dict(decoding_steps=cfg.decoding_steps, span_len=span_len, span_scoring=cfg.span_scoring,
+                    span_arrangement=cfg.span_arrangement, use_sampling=cfg.use_sampling, top_k=cfg.top_k,
+                    anneal_temperature=cfg.anneal_temperature, schedule=cfg.schedule)
+        base.update({k: v for k, v in overrides.items() if k in {f.name for f in dataclasses.fields(cls)}})
+        return cls(**base)
+
+
+@struct.dataclass
+class DecodeKnobs:
+    """Traced: a sweep over these values reuses one compiled program."""
+
+    temperature: jnp.ndarray
+    max_cfg_coef: jnp.ndarray
+    min_cfg_coef: jnp.ndarray
+    top_p: jnp.ndarray
+
+    @classmethod
+    def create(cls, temperature=3.0, max_cfg_coef=10.0, min_cfg_coef=1.0, top_p=0.9) -> "DecodeKnobs":
+        f = lambda x: jnp.asarray(x, jnp.float32)
+        return cls(f(temperature), f(max_cfg_coef), f(min_cfg_coef), f(top_p))
+
+    @classmethod
+    def from_config(cls, cfg: DecodeConfig, **overrides) -> "DecodeKnobs":
+        vals = dict(temperature=cfg.temperature, max_cfg_coef=cfg.max_cfg_coef, min_cfg_coef=cfg.min_cfg_coef,
+                    top_p=cfg.top_p)
+        vals.update({k: v for k, v in overrides.items() if k in vals})
+        return cls.create(**vals)

@@ -1,0 +1,186 @@
+"""The compiled MAGNeT sampler against a numpy transcription of audiocraft's decoding."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from magnet_jax.config import LMConfig, MeshConfig
+from magnet_jax.decode.sampler import MagnetSampler
+from magnet_jax.decode.sampling import sample_tokens
+from magnet_jax.decode.selection import least_probable_spans_mask
+from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
+from magnet_jax.decode.stage import StageTables
+from magnet_jax.models.magnet_lm import MagnetLM
+from magnet_jax.parallel.mesh import make_mesh
+from tests.reference import magnet_decoding as ref
+
+CFG = LMConfig(n_q=4, card=32, dim=32, num_heads=4, num_layers=2, subcodes_context=3)
+STEPS = (6, 3, 3, 2)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return MagnetLM(CFG, rngs=nnx.Rngs(3))
+
+
+@pytest.fixture(scope="module")
+def sampler(lm):
+    return MagnetSampler(lm)
+
+
+def _condition(b=2, s=5, seed=1):
+    cond = jax.random.normal(jax.random.key(seed), (b, s, CFG.dim))
+    mask = jnp.ones((b, s), bool).at[0, 3:].set(False)
+    return cond * mask[..., None], mask
+
+
+def _ref_logits_fn(lm, cond, mask, cfg):
+    if cfg:
+        cond = jnp.concatenate([cond, jnp.zeros_like(cond)])
+        mask = jnp.concatenate([mask, jnp.zeros_like(mask)])
+    fwd = nnx.jit(lambda m, c, s: m(c, cond, mask, stage=s, stage_logits_only=True), static_argnums=2)
+    return lambda codes, stage: fwd(lm, jnp.asarray(codes, jnp.int32), stage)
+
+
+def test_span_counts_equal_reference_formula():
+    """Every count of every step, for step counts 1..64 and 1..600 spans to generate (torch's
+    own float32 linspace and cos, as the reference computes them)."""
+    pytest.importorskip("torch")
+    for steps in list(range(1, 65)):
+        schedule = ref.step_schedule(steps)
+        rates = np.array([float(mask_p) for _, mask_p in schedule], np.float32)
+        for n in range(1, 601):
+            expected = [max(int((mask_p * n).item()), 1) for _, mask_p in schedule]
+            tables = StageTables.build(SamplerSettings(decoding_steps=(steps,)), steps, 3 * n, 0)
+            assert tables.num_masked.tolist() == expected, (steps, n)
+        # the guidance weights agree to the ulp (torch's vectorised cos is not correctly rounded)
+        np.testing.assert_allclose(tables.mask_rate, rates, rtol=2e-7, atol=0)
+
+
+CASES = [
+    dict(span_arrangement="nonoverlap", span_scoring="max", cfg=True, prompt=0, length=31),
+    dict(span_arrangement="nonoverlap", span_scoring="prod", cfg=True, prompt=0, length=30),
+    dict(span_arrangement="nonoverlap", span_scoring="max", cfg=False, prompt=0, length=30),
+    dict(span_arrangement="nonoverlap", span_scoring="max", cfg=True, prompt=7, length=31),
+    dict(span_arrangement="nonoverlap", span_scoring="prod", cfg=False, prompt=6, length=30),
+    dict(span_arrangement="stride1", span_scoring="max", cfg=True, prompt=0, length=31),
+    dict(span_arrangement="stride1", span_scoring="max", cfg=False, prompt=5, length=30),
+    dict(span_arrangement="stride1", span_scoring="prod", cfg=True, prompt=4, length=31),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_greedy_equals_reference_transcription(lm, sampler, case):
+    pytest.importorskip("torch")
+    cond, mask = _condition()
+    length, plen = case["length"], case["prompt"]
+    prompt = None
+    if plen:
+        prompt = jax.random.randint(jax.random.key(7), (2, CFG.n_q, plen), 0, CFG.card)
+    settings = SamplerSettings(decoding_steps=STEPS, span_len=3, span_scoring=case["span_scoring"],
+                               span_arrangement=case["span_arrangement"], use_sampling=False, cfg=case["cfg"])
+    knobs = DecodeKnobs.create(temperature=3.0, max_cfg_coef=10.0, min_cfg_coef=1.0, top_p=0.0)
+    got = sampler.generate(cond, mask, jax.random.key(0), settings, knobs, length=length, prompt=prompt)
+    counts = []
+    expect = ref.generate_greedy(
+        _ref_logits_fn(lm, cond, mask, case["cfg"]), batch=2, n_q=CFG.n_q, length=length, mask_id=CFG.mask_id,
+        span_len=3, decoding_steps=STEPS, prompt=None if prompt is None else np.asarray(prompt), cfg=case["cfg"],
+        scoring=case["span_scoring"], arrangement=case["span_arrangement"], counts_log=counts)
+    np.testing.assert_array_equal(np.asarray(got), expect)
+    assert not (np.asarray(got) == CFG.mask_id).any()
+    if prompt is not None:
+        np.testing.assert_array_equal(np.asarray(got)[..., :plen], np.asarray(prompt))
+    expected_len = (length // 3) * 3 if case["span_arrangement"] == "nonoverlap" else length
+    assert got.shape == (2, CFG.n_q, expected_len)
+
+
+def test_stepwise_driver_equals_compiled_driver(sampler):
+    cond, mask = _condition()
+    settings = SamplerSettings(decoding_steps=STEPS, use_sampling=True)
+    knobs = DecodeKnobs.create(temperature=2.0, top_p=0.9)
+    key = jax.random.key(11)
+    fused = sampler.generate(cond, mask, key, settings, knobs, length=30)
+    seen = []
+    stepped = sampler.generate_with_progress(cond, mask, key, settings, knobs, length=30,
+                                             progress=lambda i, n: seen.append((i, n)))
+    np.testing.assert_array_equal(np.asarray(stepped), np.asarray(fused))
+    assert seen == [(i + 1, sum(STEPS)) for i in range(sum(STEPS))]
+    # Streaming: stage k is complete (no mask ids) once its last step has run.
+    for stage, step, codes in sampler.generate_stepwise(cond, mask, key, settings, knobs, length=30):
+        if step == STEPS[stage] - 1:
+            assert not (np.asarray(codes)[:, :stage + 1] == CFG.mask_id).any()
+
+
+def test_sampling_same_seed_same_codes_different_seed_differs(sampler):
+    cond, mask = _condition()
+    settings = SamplerSettings(decoding_steps=STEPS, top_k=5)
+    a = sampler.generate(cond, mask, jax.random.key(1), settings, length=30)
+    b = sampler.generate(cond, mask, jax.random.key(1), settings, length=30)
+    c = sampler.generate(cond, mask, jax.random.key(2), settings, length=30)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert (np.asarray(a) != np.asarray(c)).any()
+
+
+def test_traced_knobs_do_not_recompile(sampler):
+    cond, mask = _condition()
+    settings = SamplerSettings(decoding_steps=(2, 1, 1, 1))
+    before = sampler._generate_jit._cache_size()
+    for temp, cfg_max, top_p in [(3.0, 10.0, 0.9), (1.0, 3.0, 0.5), (0.5, 1.0, 0.0)]:
+        sampler.generate(cond, mask, jax.random.key(0), settings,
+                         DecodeKnobs.create(temperature=temp, max_cfg_coef=cfg_max, top_p=top_p), length=30)
+    assert sampler._generate_jit._cache_size() == before + 1
+
+
+def test_least_probable_spans_equals_reference_search():
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        t = int(rng.integers(8, 40))
+        scores = rng.exponential(size=(3, t)).astype(np.float32)
+        scores[:, : int(rng.integers(0, t // 2))] = -1e4  # fixed frames, as after a step
+        target = int(rng.integers(1, t))
+        got = np.asarray(least_probable_spans_mask(jnp.asarray(scores), target, 3))
+        for b in range(3):
+            np.testing.assert_array_equal(got[b], ref.least_probable_spans(scores[b], target, 3), err_msg=f"{trial}")
+
+
+def test_sample_tokens_filters():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4000))
+    keys = jax.random.key(0)
+    tok, conf = sample_tokens(keys, logits, 1.0, use_sampling=True, top_k=0, top_p=0.6)
+    counts = np.bincount(np.asarray(tok), minlength=4) / 4000
+    assert counts[2] == 0 and counts[3] == 0  # 0.5 + 0.3 reaches p; later tokens are cut
+    assert abs(counts[0] - 0.5 / 0.8) < 0.03
+    np.testing.assert_allclose(np.asarray(conf)[np.asarray(tok) == 0], 0.5, rtol=1e-5)  # unrenormalised
+    tok, conf = sample_tokens(keys, logits, 1.0, use_sampling=True, top_k=2, top_p=0.0)
+    assert set(np.unique(np.asarray(tok))) <= {0, 1}
+    np.testing.assert_allclose(np.asarray(conf)[np.asarray(tok) == 0], 0.5 / 0.8, rtol=1e-5)  # renormalised
+    tok, _ = sample_tokens(keys, logits, 1.0, use_sampling=False, top_k=0, top_p=0.9)
+    assert (np.asarray(tok) == 0).all()
+    # A floored temperature gives a near one-hot distribution.
+    _, conf = sample_tokens(keys, logits[:1], 0.0, use_sampling=False, top_k=0, top_p=0.0)
+    assert float(conf[0]) > 0.999
+
+
+def test_batch_sharded_over_mesh_equals_single_device(lm):
+    cond, mask = _condition(b=3)
+    settings = SamplerSettings(decoding_steps=STEPS, use_sampling=False)
+    single = MagnetSampler(lm).generate(cond, mask, jax.random.key(0), settings, length=30)
+    mesh = make_mesh(MeshConfig(data=4, fsdp=1, tensor=2), devices=jax.devices()[:8])
+    sharded = MagnetSampler(lm, mesh=mesh, rules=MeshConfig().rules)
+    got = sharded.generate(cond, mask, jax.random.key(0), settings, length=30)  # batch 3 padded to 4
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(single))
+
+
+def test_bad_inputs_are_clear_errors(sampler):
+    cond, mask = _condition()
+    settings = SamplerSettings(decoding_steps=STEPS)
+    with pytest.raises(ValueError, match="one step count per codebook"):
+        sampler.generate(cond, mask, jax.random.key(0), SamplerSettings(decoding_steps=(2, 2)), length=30)
+    with pytest.raises(ValueError, match="shorter than length"):
+        sampler.generate(cond, mask, jax.random.key(0), settings, length=30,
+                         prompt=jnp.zeros((2, 4, 30), jnp.int32))
+    with pytest.raises(ValueError, match=r"\[B, S, 32\]"):
+        sampler.generate(cond[..., :8], mask, jax.random.key(0), settings, length=30)
+    with pytest.raises(ValueError, match="span_arrangement"):
+        SamplerSettings(span_arrangement="overlap")
