@@ -135,7 +135,7 @@ def test_traced_knobs_do_not_recompile(sampler):
 def test_least_probable_spans_equals_reference_search():
     rng = np.random.default_rng(0)
     for trial in range(30):
-        t = int(rng.integers(8, 40))
+        t = int(rng.choice([12, 25, 37]))  # few shapes: few compilations
         scores = rng.exponential(size=(3, t)).astype(np.float32)
         scores[:, : int(rng.integers(0, t // 2))] = -1e4  # fixed frames, as after a step
         target = int(rng.integers(1, t))
@@ -184,3 +184,26 @@ def test_bad_inputs_are_clear_errors(sampler):
         sampler.generate(cond[..., :8], mask, jax.random.key(0), settings, length=30)
     with pytest.raises(ValueError, match="span_arrangement"):
         SamplerSettings(span_arrangement="overlap")
+
+
+def test_long_form_generation_continues_windows(sampler):
+    from magnet_jax.decode.long_form import generate_long
+
+    cond, mask = _condition()
+    settings = SamplerSettings(decoding_steps=(3, 2, 2, 2), use_sampling=False)
+    key = jax.random.key(4)
+    before = sampler._generate_jit._cache_size()
+    windows = []
+    codes = generate_long(sampler, cond, mask, key, settings, total_length=75, window=30, overlap=9,
+                          on_window=lambda i, c: windows.append(np.asarray(c)))
+    assert codes.shape == (2, CFG.n_q, 75) and not (np.asarray(codes) == CFG.mask_id).any()
+    first = sampler.generate(cond, mask, jax.random.fold_in(key, 0), settings, length=30)
+    np.testing.assert_array_equal(np.asarray(codes)[..., :30], np.asarray(first))
+    # Window 1 continues the last 9 frames of window 0 (they are its frozen prompt).
+    second = sampler.generate(cond, mask, jax.random.fold_in(key, 1), settings, length=30,
+                              prompt=jnp.asarray(windows[0][..., -9:]))
+    np.testing.assert_array_equal(np.asarray(codes)[..., 21:51], np.asarray(second))
+    assert [w.shape[-1] for w in windows] == [30, 51, 72, 93]
+    assert sampler._generate_jit._cache_size() - before <= 2  # one program per window shape
+    with pytest.raises(ValueError, match="multiple of span_len"):
+        generate_long(sampler, cond, mask, key, settings, total_length=75, window=31, overlap=9)

@@ -30,9 +30,14 @@ def dilate_starts(starts: jnp.ndarray, span_len: int) -> jnp.ndarray:
 
 
 def window_sums(x: jnp.ndarray, width: int) -> jnp.ndarray:
-    """[..., T] -> [..., T - width + 1] sums of every window of `width` (torch's unfold + sum)."""
-    c = jnp.cumsum(jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(1, 0)]), axis=-1)
-    return c[..., width:] - c[..., :-width]
+    """[..., T] -> [..., T - width + 1] sums of every window of `width` (torch's unfold + sum),
+    added left to right: a cumulative-sum difference would lose the small scores next to
+    the -1e4 sentinels."""
+    n = x.shape[-1] - width + 1
+    total = x[..., :n]
+    for i in range(1, width):
+        total = total + x[..., i:i + n]
+    return total
 
 
 def least_probable_spans_mask(token_scores: jnp.ndarray, num_masked, span_len: int) -> jnp.ndarray:

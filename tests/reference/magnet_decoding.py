@@ -36,7 +36,10 @@ def _spans_from_starts(starts, t, span_len):
 def least_probable_spans(scores_row, target, span_len):
     """One row: cover about `target` frames with the least probable overlapping spans."""
     t = scores_row.shape[0]
-    span_scores = np.array([scores_row[i:i + span_len].sum() for i in range(t - span_len + 1)], np.float64)
+    n = t - span_len + 1
+    span_scores = scores_row[:n].astype(np.float32)
+    for i in range(1, span_len):  # float32, left to right, as torch's unfold(...).sum(-1)
+        span_scores = span_scores + scores_row[i:i + n]
     order = np.argsort(-span_scores, kind="stable")
     target = max(target, span_len)
     lo, hi = target // span_len, target - span_len + 1
