@@ -54,10 +54,10 @@ def test_build_inputs_masks_chosen_stage_and_hides_higher_ones():
 
 def test_masked_cross_entropy_counts_only_masked_positions():
     logits = jnp.log(jnp.array([[[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]]))
-    targets = jnp.array([[0, 0, 1]])
+    targets = jnp.array([[0, 1, 0]])
     ce, acc, n = masked_cross_entropy(logits, targets, jnp.array([[True, False, True]]))
-    np.testing.assert_allclose(ce, -(np.log(0.5) + np.log(0.8)) / 2, rtol=1e-6)
-    assert float(n) == 2 and float(acc) == pytest.approx(0.5)  # argmax of a 0.5/0.5 tie is 0 = target
+    np.testing.assert_allclose(ce, -(np.log(0.5) + np.log(0.2)) / 2, rtol=1e-6)
+    assert float(n) == 2 and float(acc) == pytest.approx(0.5)  # position 0 right (tie -> 0), position 2 wrong
 
 
 def test_same_seed_same_loss_and_loss_falls():

@@ -21,9 +21,16 @@ class TrainState:
 
 
 def model_graphdef(cfg: Config) -> nnx.GraphDef:
-    abstract = nnx.eval_shape(lambda: MagnetModel(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract, nnx.Param, ...)[:2]
-    return graphdef
+    """The model's static structure, from an abstract build (no arrays allocated)."""
+    holder = {}
+
+    def build():
+        graphdef, params = nnx.split(MagnetModel(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+        holder["graphdef"] = graphdef
+        return params
+
+    jax.eval_shape(build)
+    return holder["graphdef"]
 
 
 def init_params(cfg: Config, seed: int):

@@ -48,6 +48,23 @@ def make_data_source(cfg: Config):
     raise ValueError(f"data.source={cfg.data.source!r} is not available yet; use 'synthetic'.")
 
 
+def data_baselines(data) -> Dict[str, Any]:
+    """Reference losses of the data (nats per token): the floor of its noise, and the
+    unigram entropy per stage (what a model that ignores all context reaches)."""
+    out: Dict[str, Any] = {}
+    if hasattr(data, "noise_floor_nats"):
+        out["floor_nats"] = float(data.noise_floor_nats())
+    if hasattr(data, "unigram_entropy_nats"):
+        out["unigram_nats"] = [float(x) for x in np.atleast_1d(data.unigram_entropy_nats())]
+    return out
+
+
+def process_slice(batch: Dict[str, np.ndarray], process_index: int, process_count: int):
+    """This process's contiguous slice of a global host batch."""
+    n = batch["codes"].shape[0] // process_count
+    return {k: v[process_index * n:(process_index + 1) * n] for k, v in batch.items() if hasattr(v, "shape")}
+
+
 def check_batch_sizes(cfg: Config, mesh, rules) -> int:
     shards = batch_axis_size(mesh, rules)
     g, per = cfg.train.global_batch_size, cfg.train.per_device_batch_size
@@ -67,6 +84,8 @@ def to_global(batch: Dict[str, np.ndarray], mesh, rules, global_batch: int):
     """Per-process numpy slices -> global jax.Arrays sharded over the batch axes."""
     out = {}
     for name, local in batch.items():
+        if not isinstance(local, np.ndarray) or local.dtype.kind not in "biuf":
+            continue  # e.g. caption strings: host-side only
         sharding = data_sharding(mesh, rules, local.ndim)
         out[name] = jax.make_array_from_process_local_data(sharding, local, (global_batch,) + local.shape[1:])
     return out
@@ -93,7 +112,7 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
     mesh = make_mesh(cfg.mesh)
     rules = cfg.mesh.rules
     data = make_data_source(cfg)
-    baselines = data.baselines()
+    baselines = data_baselines(data)
     tx, schedule = make_optimizer(cfg.optim, tcfg.num_steps)
     with jax.set_mesh(mesh), axis_rules(rules):
         per_device = check_batch_sizes(cfg, mesh, rules)
@@ -129,7 +148,8 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
         log.info("train step compiled in %.1fs; per-device batch %d; memory %s", compile_s, per_device, mem)
 
         eval_fn = jax.jit(make_eval_step(cfg, graphdef))
-        eval_batches = [to_global(data.eval_batch(i, g, pidx, pcount), mesh, rules, g) for i in range(tcfg.eval_batches)]
+        eval_batches = [to_global(process_slice(data.eval_batch(i, g), pidx, pcount), mesh, rules, g)
+                        for i in range(tcfg.eval_batches)]
         eval_key = jax.random.fold_in(base_key, 2**31 - 1)
 
         def evaluate(params):
