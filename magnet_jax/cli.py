@@ -20,10 +20,11 @@ def _train(args, overrides: List[str]) -> int:
 
     result = train(cfg, progress=not args.no_progress)
     if result.last_eval is not None:
-        ce = ", ".join(f"{x:.3f}" for x in result.last_eval["ce_per_stage"])
-        uni = ", ".join(f"{x:.3f}" for x in result.baselines.get("unigram_nats", []))
-        print(f"step {result.step}: held-out CE per stage [{ce}] nats "
-              f"(unigram baseline [{uni}], noise floor {result.baselines.get('floor_nats', float('nan')):.3f})")
+        fmt = lambda xs: "[" + ", ".join(f"{x:.3f}" for x in xs) + "]"
+        ev, base = result.last_eval, result.baselines
+        print(f"step {result.step}: held-out CE per stage {fmt(ev['ce_per_stage'])} nats; "
+              f"without the caption {fmt(ev['ce_per_stage_null_text'])}; "
+              f"unigram baseline {fmt(base.get('unigram_nats', []))}, noise floor {base.get('floor_nats', float('nan')):.3f}")
     print(f"run directory: {result.workdir}")
     if result.plot_path:
         print(f"loss curves: {result.plot_path}")
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO chatter
     # `--config.x.y=v` are config overrides, everything else goes to argparse.
     overrides = [a for a in argv if a.startswith("--config.")]
     rest = [a for a in argv if not a.startswith("--config.")]

@@ -143,10 +143,13 @@ def _install_xformers(torch):
 
 
 def _register_packages():
-    spec = importlib.util.find_spec("audiocraft")
-    if spec is None or not spec.submodule_search_locations:
-        raise ReferenceUnavailable("audiocraft is not installed: pip install --no-deps audiocraft==1.3.0")
-    root = list(spec.submodule_search_locations)[0]
+    if "audiocraft" in sys.modules:  # maybe a bare package registered by another harness (no __spec__)
+        root = list(sys.modules["audiocraft"].__path__)[0]
+    else:
+        spec = importlib.util.find_spec("audiocraft")
+        if spec is None or not spec.submodule_search_locations:
+            raise ReferenceUnavailable("audiocraft is not installed: pip install --no-deps audiocraft==1.3.0")
+        root = list(spec.submodule_search_locations)[0]
     for name in _AUDIOCRAFT_PACKAGES:
         if name in sys.modules:
             continue
@@ -363,15 +366,19 @@ def randomize_(model, torch, seed: int = 0, scale: float = 0.2) -> None:
 
 
 def build_reference_magnet(lm_cfg, conditions: np.ndarray, condition_mask: np.ndarray, seq_len: int,
-                           seed: int = 0, randomize: bool = True) -> ReferenceMagnet:
+                           seed: int = 0, init: str = "random") -> ReferenceMagnet:
     """audiocraft's MagnetLMModel for `lm_cfg` (fp32, CPU, eval), random weights (seed).
 
     conditions [N, S, dim] float32: projected text conditions (zeros at padded positions),
     addressed by row in `generate`/`logits`; condition_mask [N, S] bool.
     seq_len: the generation length T; the reference's restricted attention masks are built
     for it (compression_model_framerate * segment_duration = T), and serve any T' <= T.
-    randomize=False keeps audiocraft's own init (weight_init/depthwise_init of the config).
+    init: 'random' (non-trivial values everywhere, see `randomize_`), 'audiocraft' (its own
+    weight_init/depthwise_init of the config) or 'none' (torch's default init only: fastest,
+    for weights loaded afterwards with `load_state_dict_numpy`).
     """
+    if init not in ("random", "audiocraft", "none"):
+        raise ValueError(f"init must be 'random', 'audiocraft' or 'none', got {init!r}")
     ac = load_audiocraft()
     torch = ac.torch
     c = lm_cfg
@@ -401,7 +408,8 @@ def build_reference_magnet(lm_cfg, conditions: np.ndarray, condition_mask: np.nd
             span_len=c.span_len,
             n_q=c.n_q, card=c.card, dim=c.dim, num_heads=c.num_heads, hidden_scale=hidden_scale,
             norm="layer_norm", norm_first=c.norm_first, bias_proj=c.bias_proj,
-            weight_init=c.weight_init, depthwise_init=c.depthwise_init, zero_bias_init=True,
+            weight_init=c.weight_init if init == "audiocraft" else None,
+            depthwise_init=c.depthwise_init if init == "audiocraft" else None, zero_bias_init=init == "audiocraft",
             cfg_dropout=0.0, cfg_coef=1.0, two_step_cfg=False,
             # -> StreamingTransformer
             num_layers=c.num_layers, dropout=0.0, bias_ff=c.bias_ff, bias_attn=c.bias_attn, causal=False,
@@ -410,7 +418,7 @@ def build_reference_magnet(lm_cfg, conditions: np.ndarray, condition_mask: np.nd
             positional_scale=c.positional_scale, activation="gelu",
             device="cpu", dtype=torch.float32,
         )
-    if randomize:
+    if init == "random":
         randomize_(model, torch, seed=seed)
     model.eval()
     return ReferenceMagnet(model=model, lm_cfg=lm_cfg, seq_len=int(seq_len), audiocraft=ac)

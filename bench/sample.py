@@ -1,0 +1,222 @@
+"""Sampling benchmark: compile time, latency, tokens/s and real-time factor of one generation,
+optionally against audiocraft's own `MagnetLMModel.generate` on the same random weights.
+
+    python bench/sample.py --config configs/tiny.py [--batch 1] [--duration SECONDS]
+        [--decoding-steps 20,10,10,10] [--reps 3] [--reference] [--config.section.key=value ...]
+
+Random LM weights (MagnetLM of the config, seed 0) and a random projected text condition
+[B, 16, dim]; no text encoder and no codec: the LM's sampler only. T = duration * frame rate
+(default duration: data.segment_duration). On CPU the LM computes in float32 unless
+`--config.lm.dtype=...` is given. Latency is the median over `--reps` generations after a
+warm-up; the compile time is lower + compile of the whole sampler program.
+
+With `--reference` (PyTorch and audiocraft 1.3.0 importable), audiocraft's MagnetLMModel
+(tests/reference/audiocraft_lm.py) gets the same weights (ours, converted to its state
+dict), the same condition, steps and sampling settings, and runs in float32 with
+torch.inference_mode() and all CPU threads; its latency is the median of `--reps` runs
+(no warm-up; progress on stderr) and the line ends with reference_latency / our_latency.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _parse():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/tiny.py")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--duration", type=float, default=0.0, help="seconds of audio (default: data.segment_duration)")
+    p.add_argument("--decoding-steps", default="", help="per codebook, e.g. 20,10,10,10 (default: the config's)")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--cond-len", type=int, default=16, help="length S of the random projected condition")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", action="store_true", help="also time audiocraft's MagnetLMModel.generate")
+    args, overrides = p.parse_known_args()
+    bad = [o for o in overrides if not o.startswith("--config.")]
+    if bad:
+        p.error(f"unknown arguments {bad}; config overrides look like --config.decode.temperature=2.0")
+    if args.batch < 1 or args.reps < 1:
+        p.error("--batch and --reps must be >= 1")
+    return args, overrides
+
+
+def _log(msg: str) -> None:
+    print(f"[bench/sample] {msg}", file=sys.stderr, flush=True)
+
+
+def to_audiocraft_state_dict(params, lm_cfg):
+    """Our MagnetLM params (pure nested dict) -> audiocraft LM state dict (numpy): the
+    inverse of `magnet_jax.convert.audiocraft_lm.lm_params_from_audiocraft`."""
+    import numpy as np
+
+    c = lm_cfg
+    d = c.dim
+    a = lambda x: np.asarray(x, np.float32)
+    sd = {}
+    for k in range(c.n_q):
+        sd[f"emb.{k}.weight"] = a(params["emb"][k])
+        sd[f"linears.{k}.weight"] = a(params["heads"][k]).T
+        if c.bias_proj:
+            sd[f"linears.{k}.bias"] = a(params["heads_bias"][k])
+    if c.norm_first:
+        sd["out_norm.weight"], sd["out_norm.bias"] = a(params["out_norm"]["scale"]), a(params["out_norm"]["bias"])
+    layers = params["transformer"]["layers"]
+
+    def attention(p, i, prefix):
+        w = [a(p[n]["kernel"][i]).reshape(d, d).T for n in ("query", "key", "value")]
+        sd[prefix + "in_proj_weight"] = np.concatenate(w, axis=0)
+        sd[prefix + "out_proj.weight"] = a(p["out"]["kernel"][i]).reshape(d, d).T
+        if c.bias_attn:
+            sd[prefix + "in_proj_bias"] = np.concatenate([a(p[n]["bias"][i]).reshape(d)
+                                                          for n in ("query", "key", "value")])
+            sd[prefix + "out_proj.bias"] = a(p["out"]["bias"][i])
+
+    for i in range(c.num_layers):
+        pre = f"transformer.layers.{i}."
+        norms = ["norm1", "norm2"] + (["norm_cross"] if c.cross_attention else [])
+        for n in norms:
+            sd[pre + n + ".weight"], sd[pre + n + ".bias"] = a(layers[n]["scale"][i]), a(layers[n]["bias"][i])
+        attention(layers["self_attn"], i, pre + "self_attn.")
+        if c.cross_attention:
+            attention(layers["cross_attn"], i, pre + "cross_attention.")
+        for n in ("linear1", "linear2"):
+            sd[pre + n + ".weight"] = a(layers["ffn"][n]["kernel"][i]).T
+            if c.bias_ff:
+                sd[pre + n + ".bias"] = a(layers["ffn"][n]["bias"][i])
+        if c.layer_scale is not None:
+            for n in ["layer_scale_1", "layer_scale_2"] + (["layer_scale_cross"] if c.cross_attention else []):
+                sd[pre + n + ".scale"] = a(layers[n]["scale"][i])
+    return sd
+
+
+def _check_round_trip(params, sd, lm_cfg):
+    """Our converter must give our params back from the exported state dict."""
+    import jax
+    import numpy as np
+
+    from magnet_jax.convert.audiocraft_lm import lm_params_from_audiocraft
+
+    back, rest = lm_params_from_audiocraft(sd, lm_cfg)
+    assert not rest, sorted(rest)[:5]
+    flat_a = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    flat_b = dict(jax.tree_util.tree_flatten_with_path(back)[0])
+    assert flat_a.keys() == flat_b.keys(), "exported state dict does not cover our params"
+    for path, v in flat_a.items():
+        if not np.array_equal(np.asarray(v, np.float32), np.asarray(flat_b[path], np.float32)):
+            raise AssertionError(f"weight export round trip differs at {jax.tree_util.keystr(path)}")
+
+
+def main():
+    args, overrides = _parse()
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    sys.path.insert(0, REPO)
+    from magnet_jax.config_io import load_config
+    from magnet_jax.decode.sampler import MagnetSampler, output_length
+    from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
+    from magnet_jax.models.magnet_lm import MagnetLM
+
+    if jax.default_backend() == "cpu" and not any(o.startswith("--config.lm.dtype=") for o in overrides):
+        overrides = list(overrides) + ["--config.lm.dtype=float32"]
+    cfg = load_config(args.config, overrides)
+    steps = tuple(int(s) for s in args.decoding_steps.split(",")) if args.decoding_steps else cfg.decode.decoding_steps
+    duration = args.duration or cfg.data.segment_duration
+    length = int(round(duration * cfg.data.frame_rate))
+    b, c = args.batch, cfg.lm
+    settings = SamplerSettings.from_config(cfg.decode, c.span_len, decoding_steps=steps)
+    knobs = DecodeKnobs.from_config(cfg.decode)
+    t_out = output_length(settings, length)
+
+    _log(f"{cfg.name}: building the LM (dim {c.dim}, {c.num_layers} layers, dtype {c.dtype}), B={b}, T={length}")
+    lm = MagnetLM(c, rngs=nnx.Rngs(args.seed))
+    rng = np.random.default_rng(args.seed)
+    s = args.cond_len
+    cond_mask = np.ones((b, s), bool)
+    for i in range(1, b):  # padded conditions after the first row
+        cond_mask[i, int(rng.integers(1, s + 1)):] = False
+    condition = (rng.normal(size=(b, s, c.dim)) * cond_mask[..., None]).astype(np.float32)
+    sampler = MagnetSampler(lm)
+    key = jax.random.key(args.seed)
+    cond_j, mask_j = jnp.asarray(condition), jnp.asarray(cond_mask)
+
+    _log("lowering + compiling the sampler")
+    t0 = time.perf_counter()
+    compiled = sampler.lower(cond_j, mask_j, key, settings, knobs, length=length).compile()
+    compile_s = time.perf_counter() - t0
+    run = lambda k: compiled(sampler.params, cond_j, mask_j, None, k, knobs)
+    _log(f"compiled in {compile_s:.1f}s; warm-up")
+    codes = jax.block_until_ready(run(key))
+    assert codes.shape == (b, c.n_q, t_out) and not bool((codes == c.mask_id).any())
+    times = []
+    for r in range(args.reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(jax.random.fold_in(key, r + 1)))
+        times.append(time.perf_counter() - t0)
+        _log(f"rep {r + 1}/{args.reps}: {times[-1]:.3f}s")
+    latency = statistics.median(times)
+    tokens = b * c.n_q * t_out
+    audio_s = b * t_out / cfg.data.frame_rate
+    line = (f"config={cfg.name} device={jax.devices()[0].platform} dtype={c.dtype} B={b} T={t_out} "
+            f"steps={','.join(map(str, steps))} compile_s={compile_s:.2f} latency_s={latency:.4f} "
+            f"tokens_per_s={tokens / latency:.1f} rtf={audio_s / latency:.3f}")
+
+    if args.reference:
+        try:
+            ref_latency = _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out)
+        except ImportError as e:
+            _log(f"no reference: {e}")
+            line += " reference=unavailable"
+        else:
+            line += f" ref_latency_s={ref_latency:.4f} ref_over_ours={ref_latency / latency:.2f}"
+    print(line, flush=True)
+
+
+def _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out):
+    import numpy as np
+    from flax import nnx
+
+    import torch  # noqa: F401  (ImportError: no reference)
+    from tests.reference import audiocraft_lm as ref_lm
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    c, d = cfg.lm, cfg.decode
+    _log(f"reference: building audiocraft's MagnetLMModel (fp32, {torch.get_num_threads()} threads)")
+    params = nnx.to_pure_dict(nnx.state(lm, nnx.Param))
+    sd = to_audiocraft_state_dict(params, c)
+    _check_round_trip(params, sd, c)
+    ref = ref_lm.build_reference_magnet(c, condition, cond_mask, seq_len=length, seed=args.seed, init="none")
+    ref.load_state_dict_numpy(sd)
+    del sd, params
+    total = sum(steps)
+    times = []
+    for r in range(args.reps):
+        torch.manual_seed(args.seed + r)
+        started = time.perf_counter()
+
+        def progress(step, n, r=r, started=started):
+            if step == n or step % max(1, n // 10) == 0:
+                _log(f"reference rep {r + 1}/{args.reps}: step {step}/{n} ({time.perf_counter() - started:.1f}s)")
+
+        t0 = time.perf_counter()
+        out = ref.generate(list(range(args.batch)), max_gen_len=length, use_sampling=d.use_sampling,
+                           temp=d.temperature, top_k=d.top_k, top_p=d.top_p, max_cfg_coef=d.max_cfg_coef,
+                           min_cfg_coef=d.min_cfg_coef, decoding_steps=list(steps),
+                           anneal_temp=d.anneal_temperature, span_scoring=d.span_scoring,
+                           span_arrangement=d.span_arrangement, callback=progress)
+        times.append(time.perf_counter() - t0)
+        assert out.shape == (args.batch, c.n_q, t_out) and not (out == c.mask_id).any(), out.shape
+        _log(f"reference rep {r + 1}/{args.reps}: {times[-1]:.3f}s ({total} steps)")
+    return statistics.median(times)
+
+
+if __name__ == "__main__":
+    main()
