@@ -37,6 +37,7 @@ def _parse():
     p.add_argument("--cond-len", type=int, default=16, help="length S of the random projected condition")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reference", action="store_true", help="also time audiocraft's MagnetLMModel.generate")
+    p.add_argument("--ref-threads", type=int, default=0, help="torch threads for the reference (default: all CPUs)")
     args, overrides = p.parse_known_args()
     bad = [o for o in overrides if not o.startswith("--config.")]
     if bad:
@@ -176,7 +177,8 @@ def main():
             _log(f"no reference: {e}")
             line += " reference=unavailable"
         else:
-            line += f" ref_latency_s={ref_latency:.4f} ref_over_ours={ref_latency / latency:.2f}"
+            line += (f" ref_threads={args.ref_threads or os.cpu_count()} ref_latency_s={ref_latency:.4f}"
+                     f" ref_over_ours={ref_latency / latency:.2f}")
     print(line, flush=True)
 
 
@@ -187,7 +189,7 @@ def _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out):
     import torch  # noqa: F401  (ImportError: no reference)
     from tests.reference import audiocraft_lm as ref_lm
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.ref_threads or os.cpu_count() or 1)
     c, d = cfg.lm, cfg.decode
     _log(f"reference: building audiocraft's MagnetLMModel (fp32, {torch.get_num_threads()} threads)")
     params = nnx.to_pure_dict(nnx.state(lm, nnx.Param))
@@ -196,6 +198,15 @@ def _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out):
     ref = ref_lm.build_reference_magnet(c, condition, cond_mask, seq_len=length, seed=args.seed, init="none")
     ref.load_state_dict_numpy(sd)
     del sd, params
+    # Same weights both sides: one short forward of a restricted stage must agree.
+    probe_len = min(length, 24)
+    codes = np.random.default_rng(1).integers(0, c.card + 1, (args.batch, c.n_q, probe_len))
+    ours = np.asarray(lm(codes, condition, cond_mask, stage=1))
+    theirs = ref.logits(codes, list(range(args.batch)), stage=1)
+    err = float(np.abs(ours - theirs).max())
+    _log(f"reference: logits check on {probe_len} frames, max |ours - reference| = {err:.2e}")
+    if not err <= 1e-3 * max(1.0, float(np.abs(theirs).max())):
+        raise AssertionError(f"the reference does not compute our LM (max logits difference {err})")
     total = sum(steps)
     times = []
     for r in range(args.reps):

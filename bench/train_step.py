@@ -62,7 +62,9 @@ def main():
     if args.mesh:
         sizes = dict(kv.split("=") for kv in args.mesh.split(","))
         cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, **{k: int(v) for k, v in sizes.items()}))
-    mesh, rules = make_mesh(cfg.mesh), cfg.mesh.rules
+    sizes = (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    devices = jax.devices()[:int(np.prod(sizes))] if min(sizes) > 0 else None  # a sub-mesh is fine here
+    mesh, rules = make_mesh(cfg.mesh, devices), cfg.mesh.rules
     g = cfg.train.global_batch_size
     data = make_data_source(cfg)
     tx, schedule = make_optimizer(cfg.optim, max(cfg.train.num_steps, cfg.optim.warmup_steps + 1))
@@ -87,18 +89,23 @@ def main():
     flops = train_step_flops(cfg, g, cfg.conditioner.max_text_len)
     kind = jax.devices()[0].device_kind
     peak = args.peak_tflops or peak_tflops(kind)
-    peak_label = "spec"
-    if peak is None:
-        peak, peak_label = _cpu_matmul_peak_tflops() / max(jax.local_device_count(), 1), "measured fp32 matmul"
-    mfu = flops / dt / (peak * 1e12 * n_dev)
+    if peak is not None:
+        total_peak, peak_label = peak * n_dev, f"{peak:.0f} TFLOP/s/device spec"
+    else:  # CPU (fake devices share the same cores): the whole host's measured matmul rate
+        total_peak = _cpu_matmul_peak_tflops()
+        peak_label = f"host fp32 matmul measured {total_peak:.2f} TFLOP/s"
+    mfu = flops / dt / (total_peak * 1e12)
     mem = compiled.memory_analysis()
     arg_mb = getattr(mem, "argument_size_in_bytes", 0) / 2**20
     temp_mb = getattr(mem, "temp_size_in_bytes", 0) / 2**20
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    # parameters + optimizer state (+ EMA) held by one device
+    state_mb = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state)) / 2**20
     print(f"train_step config={cfg.name} mesh={dict(mesh.shape)} devices={n_dev} ({kind}) params={n_params/1e6:.2f}M "
           f"batch={g} T={cfg.data.num_frames} compile={compile_s:.1f}s step={dt*1e3:.1f}ms "
-          f"frames/s={tokens/dt:,.0f} tokens/s={tokens*cfg.lm.n_q/dt:,.0f} model_TFLOP/step={flops/1e12:.3f} MFU={100*mfu:.1f}% (peak {peak:.2f} "
-          f"TFLOP/s/device, {peak_label}) per-device state+batch={arg_mb:.1f}MiB temp={temp_mb:.1f}MiB")
+          f"frames/s={tokens/dt:,.0f} tokens/s={tokens*cfg.lm.n_q/dt:,.0f} model_TFLOP/step={flops/1e12:.3f} MFU={100*mfu:.1f}% "
+          f"({peak_label}) per-device: params+opt state={state_mb:.2f}MiB, "
+          f"compiled arguments={arg_mb:.2f}MiB, temp={temp_mb:.1f}MiB")
 
 
 if __name__ == "__main__":

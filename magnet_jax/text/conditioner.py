@@ -59,9 +59,6 @@ class TextConditioner(nnx.Module):
         cond = cond * mask[..., None].astype(cond.dtype)
         return cond, mask
 
-    def null_condition(self, batch: int, length: int, dim: int, dtype=jnp.float32):
-        return jnp.zeros((batch, length, dim), dtype), jnp.zeros((batch, length), bool)
-
 
 def cfg_dropout_keep(key: jax.Array, batch: int, p: float) -> jnp.ndarray:
     """Bool `[B]`: True keeps the condition; each row is dropped with probability p."""

@@ -23,7 +23,7 @@ from magnet_jax.train.checkpoint import Checkpointer
 from magnet_jax.train.metrics import MetricsWriter, summarise_train_window
 from magnet_jax.train.optimizer import make_optimizer
 from magnet_jax.train.plot import plot_loss_curves
-from magnet_jax.train.state import abstract_train_state, build_train_state
+from magnet_jax.train.state import abstract_train_state, build_train_state, model_graphdef
 from magnet_jax.train.step import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
@@ -119,12 +119,11 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=tcfg.keep_checkpoints,
                             async_save=tcfg.async_checkpointing)
         start = ckpt.latest_step()
-        graphdef, state, shardings = build_train_state(cfg, tx, mesh, rules) if start is None else (None, None, None)
-        if start is not None:
-            from magnet_jax.train.state import model_graphdef
-
+        if start is None:
+            graphdef, state, shardings = build_train_state(cfg, tx, mesh, rules)
+        else:
             abstract, shardings = abstract_train_state(cfg, tx, mesh, rules)
-            state, extra = ckpt.restore(start, abstract, cfg)
+            state, _ = ckpt.restore(start, abstract, cfg)
             graphdef = model_graphdef(cfg)
             log.info("resumed from %s at step %d", ckpt.directory, start)
         start = int(start or 0)

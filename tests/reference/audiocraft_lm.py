@@ -75,7 +75,7 @@ class _StubModule(types.ModuleType):
         return placeholder
 
 
-def _install_stub(name: str, **attrs):
+def _install_stub(name: str):
     if name in sys.modules:
         return sys.modules[name]
     try:
@@ -85,7 +85,6 @@ def _install_stub(name: str, **attrs):
         pass
     module = _StubModule(name)
     module.__path__ = []  # a package, so stubbed submodules (flashy.distrib, ...) can hang below it
-    module.__dict__.update(attrs)
     module.__dict__["__audiocraft_lm_stub__"] = True
     sys.modules[name] = module
     parent, _, child = name.rpartition(".")
@@ -123,7 +122,7 @@ def _install_xformers(torch):
     xformers = sys.modules.get("xformers")
     if xformers is not None and not getattr(xformers, "__audiocraft_lm_stub__", False) \
             and getattr(xformers, "__file__", None):
-        raise ReferenceUnavailable("a real xformers is installed; this harness expects it absent (CPU reference)")
+        raise ReferenceUnavailable("a real xformers was imported before this harness, which needs its exact CPU stub")
     ops = _xformers_ops(torch)
     if xformers is None:
         xformers = types.ModuleType("xformers")
@@ -187,10 +186,7 @@ def load_audiocraft() -> _Audiocraft:
     _register_packages()
     _install_xformers(torch)
     for name in _STUBBED:
-        attrs = {}
-        if name == "num2words":
-            attrs["num2words"] = lambda *a, **k: _Placeholder()
-        _install_stub(name, **attrs)
+        _install_stub(name)
     _LOADED = _Audiocraft(
         torch=torch,
         lm_magnet=importlib.import_module("audiocraft.models.lm_magnet"),
@@ -216,7 +212,7 @@ def _xformers_backend(transformer_module):
 
 
 def _table_conditioner(ac: _Audiocraft, conditions: np.ndarray, condition_mask: np.ndarray):
-    torch, nn = ac.torch, ac.torch.nn
+    torch = ac.torch
     text_conditioner = ac.conditioners.TextConditioner
 
     class TableConditioner(text_conditioner):
@@ -270,7 +266,7 @@ class ReferenceMagnet:
 
     def load_state_dict_numpy(self, tensors: tp.Mapping[str, np.ndarray]) -> None:
         torch = self.audiocraft.torch
-        self.model.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in tensors.items()},
+        self.model.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in tensors.items()},
                                    strict=True)
 
     def attributes(self, indices: tp.Sequence[tp.Optional[int]]):
