@@ -36,6 +36,7 @@ def _parse():
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--cond-len", type=int, default=16, help="length S of the random projected condition")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile-only", action="store_true", help="only time lowering + compilation")
     p.add_argument("--reference", action="store_true", help="also time audiocraft's MagnetLMModel.generate")
     p.add_argument("--ref-threads", type=int, default=0, help="torch threads for the reference (default: all CPUs)")
     args, overrides = p.parse_known_args()
@@ -153,6 +154,10 @@ def main():
     t0 = time.perf_counter()
     compiled = sampler.lower(cond_j, mask_j, key, settings, knobs, length=length).compile()
     compile_s = time.perf_counter() - t0
+    if args.compile_only:
+        print(f"config={cfg.name} device={jax.devices()[0].platform} dtype={c.dtype} B={b} T={t_out} "
+              f"steps={','.join(map(str, steps))} compile_s={compile_s:.2f}", flush=True)
+        return
     run = lambda k: compiled(sampler.params, cond_j, mask_j, None, k, knobs)
     _log(f"compiled in {compile_s:.1f}s; warm-up")
     codes = jax.block_until_ready(run(key))
