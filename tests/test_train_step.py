@@ -108,3 +108,32 @@ def test_per_device_memory_falls_with_fsdp():
             compiled = step.lower(state, batch, jax.random.key(0)).compile()
             sizes[n] = compiled.memory_analysis().argument_size_in_bytes
     assert sizes[8] < sizes[1] / 4, sizes
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "dadam"])
+def test_optimizers_train_and_ema_follows_every_n_steps(optimizer):
+    cfg = small_cfg(data=1)
+    optim = dataclasses.replace(cfg.optim, optimizer=optimizer, lr=3e-3 if optimizer == "adamw" else 1.0,
+                                warmup_steps=2, ema_decay=0.5, ema_every=2)
+    cfg = dataclasses.replace(cfg, optim=optim)
+    mesh = make_mesh(cfg.mesh, devices=jax.devices()[:1])
+    data, (tx, schedule) = make_data_source(cfg), make_optimizer(cfg.optim, cfg.train.num_steps)
+    g = cfg.train.global_batch_size
+    with jax.set_mesh(mesh), axis_rules(cfg.mesh.rules):
+        graphdef, state, shardings = build_train_state(cfg, tx, mesh, cfg.mesh.rules)
+        step = compile_train_step(cfg, graphdef, tx, schedule, shardings, to_global(data.batch(0, g), mesh,
+                                  cfg.mesh.rules, g), mesh, cfg.mesh.rules)
+        leaf = lambda tree: np.asarray(tree["lm"]["heads"].get_value())
+        losses, ema_prev = [], leaf(state.ema_params)
+        for i in range(10):
+            params_before = leaf(state.params)
+            state, m = step(state, to_global(data.batch(i, g), mesh, cfg.mesh.rules, g), jax.random.key(i))
+            losses.append(float(m["loss"]))
+            ema, params = leaf(state.ema_params), leaf(state.params)
+            if (i + 1) % 2:  # EMA untouched between its updates
+                np.testing.assert_array_equal(ema, ema_prev)
+            else:
+                np.testing.assert_allclose(ema, 0.5 * ema_prev + 0.5 * params, rtol=1e-6, atol=1e-7)
+            assert np.array_equal(params, params_before) == (i == 0)  # warmup starts at lr 0
+            ema_prev = ema
+    assert np.mean(losses[-3:]) < np.mean(losses[:2]), losses

@@ -67,7 +67,8 @@ def summarise_train_window(window) -> Dict[str, object]:
     out: Dict[str, object] = {}
     for key in ("loss", "acc", "grad_norm", "lr", "masked_frac"):
         out[key] = float(np.mean([m[key] for m in window]))
-    ce = np.sum([m["ce_per_stage"] for m in window], axis=0)
     count = np.sum([m["stage_count"] for m in window], axis=0)
-    out["ce_per_stage"] = [float(c / n) if n else float("nan") for c, n in zip(ce, count)]
+    for key in ("ce_per_stage", "acc_per_stage"):
+        total = np.sum([m[key] for m in window], axis=0)
+        out[key] = [float(c / n) if n else float("nan") for c, n in zip(total, count)]
     return out

@@ -1,10 +1,11 @@
 """optax optimizers and learning-rate schedules of the MAGNeT recipes."""
 from __future__ import annotations
 
+import jax.numpy as jnp
 import optax
-import optax.contrib
 
 from magnet_jax.config import OptimConfig
+from magnet_jax.train.dadapt_adam import dadapt_adam
 
 
 def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -19,7 +20,6 @@ def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
             end_value=cfg.lr * cfg.lr_min_ratio)
     if cfg.schedule == "inverse_sqrt":
         def schedule(step):
-            import jax.numpy as jnp
             step = jnp.asarray(step, jnp.float32)
             if warmup == 0:
                 return cfg.lr * jnp.reciprocal(jnp.sqrt(jnp.maximum(step, 1.0)))
@@ -39,8 +39,7 @@ def make_optimizer(cfg: OptimConfig, total_steps: int):
         opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
     elif cfg.optimizer == "dadam":
         # D-Adaptation Adam (the paper's recipe, lr ~ 1): the schedule scales the adapted step.
-        opt = optax.contrib.dadapt_adamw(schedule, betas=(cfg.b1, cfg.b2), eps=cfg.eps,
-                                         weight_decay=cfg.weight_decay)
+        opt = dadapt_adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
     else:
         raise ValueError(f"Unknown optim.optimizer {cfg.optimizer!r}; use 'adamw' or 'dadam'.")
     parts = [optax.clip_by_global_norm(cfg.max_norm)] if cfg.max_norm > 0 else []

@@ -89,7 +89,7 @@ def make_train_step(cfg: Config, graphdef, tx, lr_schedule):
             ema = jax.tree.map(lambda e, p: jnp.where(do, ema_decay * e + (1 - ema_decay) * p, e), ema, params)
         onehot = jax.nn.one_hot(stage, n_q)
         metrics = dict(aux, loss=loss, stage=stage, grad_norm=grad_norm, lr=lr_schedule(state.step),
-                       ce_per_stage=onehot * loss, stage_count=onehot)
+                       ce_per_stage=onehot * loss, acc_per_stage=onehot * aux["acc"], stage_count=onehot)
         return TrainState(step=step, params=params, opt_state=opt_state, ema_params=ema), metrics
 
     return train_step
