@@ -70,6 +70,20 @@ def _released(name: str, scale: str, segment_duration: float, conditioner: Condi
     )
 
 
+def _optim(**values) -> OptimConfig:
+    """musicgen/audiogen default.yaml optimiser: betas (0.9, 0.95), wd 0.1, clip 1.0, EMA 0.99 every 10."""
+    common = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, max_norm=1.0, lr_min_ratio=0.0, ema_decay=0.99,
+                  ema_every=10)
+    return OptimConfig(**{**common, **values})
+
+
+def _decode(**values) -> DecodeConfig:
+    """The released generation defaults shared by music and sound (generate.lm in the solver yamls)."""
+    common = dict(anneal_temperature=True, top_k=0, use_sampling=True, min_cfg_coef=1.0, span_scoring="max",
+                  span_arrangement="nonoverlap", schedule="cosine")
+    return DecodeConfig(**{**common, **values})
+
+
 def music(name: str, scale: str, segment_duration: float = 10.0) -> Config:
     """magnet_32khz.yaml: D-Adaptation Adam, cosine(4000), batch 192 on 32 GPUs, 500 x 2000 updates."""
     return _released(
@@ -77,33 +91,8 @@ def music(name: str, scale: str, segment_duration: float = 10.0) -> Config:
         scale,
         segment_duration,
         conditioner=ConditionerConfig(encoder="t5", output_dim=768, max_text_len=256, cfg_dropout=0.3),  # t5-base
-        optim=OptimConfig(
-            optimizer="dadam",
-            lr=1.0,
-            b1=0.9,
-            b2=0.95,
-            eps=1e-8,
-            weight_decay=0.1,
-            max_norm=1.0,
-            schedule="cosine",
-            warmup_steps=4000,
-            lr_min_ratio=0.0,
-            ema_decay=0.99,
-            ema_every=10,
-        ),
-        decode=DecodeConfig(
-            decoding_steps=(60, 10, 10, 10),
-            temperature=3.0,
-            anneal_temperature=True,
-            top_k=0,
-            top_p=0.9,
-            use_sampling=True,
-            max_cfg_coef=10.0,
-            min_cfg_coef=1.0,
-            span_scoring="max",
-            span_arrangement="nonoverlap",
-            schedule="cosine",
-        ),
+        optim=_optim(optimizer="dadam", lr=1.0, schedule="cosine", warmup_steps=4000),
+        decode=_decode(decoding_steps=(60, 10, 10, 10), temperature=3.0, top_p=0.9, max_cfg_coef=10.0),
         batch=192,
         num_steps=500 * 2000,
     )
@@ -121,33 +110,8 @@ def audio(name: str, scale: str, segment_duration: float = 10.0) -> Config:
         segment_duration,
         # text2sound.yaml: t5-large (width 1024), CFG dropout 0.1.
         conditioner=ConditionerConfig(encoder="t5", output_dim=1024, max_text_len=256, cfg_dropout=0.1),
-        optim=OptimConfig(
-            optimizer="adamw",
-            lr=5e-4,
-            b1=0.9,
-            b2=0.95,
-            eps=1e-8,
-            weight_decay=0.1,
-            max_norm=1.0,
-            schedule="inverse_sqrt",
-            warmup_steps=3000,
-            lr_min_ratio=0.0,
-            ema_decay=0.99,
-            ema_every=10,
-        ),
-        decode=DecodeConfig(
-            decoding_steps=(20, 10, 10, 10),
-            temperature=3.5,
-            anneal_temperature=True,
-            top_k=0,
-            top_p=0.8,
-            use_sampling=True,
-            max_cfg_coef=20.0,
-            min_cfg_coef=1.0,
-            span_scoring="max",
-            span_arrangement="nonoverlap",
-            schedule="cosine",
-        ),
+        optim=_optim(optimizer="adamw", lr=5e-4, schedule="inverse_sqrt", warmup_steps=3000),
+        decode=_decode(decoding_steps=(20, 10, 10, 10), temperature=3.5, top_p=0.8, max_cfg_coef=20.0),
         batch=128,
         num_steps=100 * 2000,
     )

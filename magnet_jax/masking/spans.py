@@ -24,15 +24,15 @@ from magnet_jax.masking.schedules import Schedule, cosine, get_schedule
 NUM_PERCENTS = 101  # LUT entries: mask percentages 0, 1, ..., 100
 
 
+def _as_int(name: str, value) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int, got {value!r}") from None
+
+
 def _check_lengths(seq_len, span_len):
-    try:
-        seq_len = operator.index(seq_len)
-    except TypeError:
-        raise ValueError(f"seq_len must be an int, got {seq_len!r}") from None
-    try:
-        span_len = operator.index(span_len)
-    except TypeError:
-        raise ValueError(f"span_len must be an int, got {span_len!r}") from None
+    seq_len, span_len = _as_int("seq_len", seq_len), _as_int("span_len", span_len)
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     if span_len < 1:
@@ -160,10 +160,7 @@ def num_masked_spans_schedule(num_steps: int, num_chunks: int, schedule: "str | 
     'cpu' an unfused scalar one. cos is taken correctly rounded to float32. Other schedules
     are evaluated in float32 on the same t.
     """
-    try:
-        num_steps, num_chunks = operator.index(num_steps), operator.index(num_chunks)
-    except TypeError:
-        raise ValueError(f"num_steps and num_chunks must be ints, got {num_steps!r}, {num_chunks!r}") from None
+    num_steps, num_chunks = _as_int("num_steps", num_steps), _as_int("num_chunks", num_chunks)
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if num_chunks < 0:
