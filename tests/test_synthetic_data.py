@@ -67,3 +67,11 @@ def test_caption_encoding_and_config_checks():
         encode_captions(["fast jazz with piano"], 2)
     with pytest.raises(ValueError, match="raise conditioner.vocab_size"):
         SyntheticMusicTokens.from_config(DataConfig(), LMConfig(card=64), ConditionerConfig(vocab_size=8))
+
+
+def test_structure_agreement_scores_data_and_random_codes():
+    ex = DATA.examples(range(16))
+    agree = DATA.structure_agreement(ex["codes"], ex["captions"])
+    assert agree.shape == (4,) and (np.abs(agree - 0.9) < 0.06).all()  # noise 0.1
+    rand = np.random.default_rng(0).integers(0, 64, ex["codes"].shape)
+    assert (DATA.structure_agreement(rand, ex["captions"])[1:] < 0.1).all()

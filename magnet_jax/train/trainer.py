@@ -38,6 +38,8 @@ class TrainResult:
     baselines: Dict[str, Any]
     workdir: str
     plot_path: Optional[str] = None
+    graphdef: Any = None
+    data: Any = None
 
 
 def make_data_source(cfg: Config):
@@ -196,4 +198,4 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
             plot_path = plot_loss_curves(writer.path, os.path.join(workdir, "loss_curves.png"),
                                          baselines=baselines, title=f"MAGNeT {cfg.name}: per-stage loss")
         return TrainResult(state=state, step=end, last_train=last_train, last_eval=last_eval,
-                           baselines=baselines, workdir=workdir, plot_path=plot_path)
+                           baselines=baselines, workdir=workdir, plot_path=plot_path, graphdef=graphdef, data=data)
