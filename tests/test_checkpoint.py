@@ -95,3 +95,20 @@ def test_trainer_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     steps = sorted(int(d) for d in os.listdir(tmp_path / "b" / "run" / "checkpoints") if d.isdigit())
     assert steps == [4, 8]  # keep-N policy
     assert os.path.exists(tmp_path / "b" / "run" / "metrics.jsonl")
+
+
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    good = _cfg(tmp_path, num_steps=12, checkpoint_every=2, log_every=2, eval_every=100)
+    train(good, progress=False, plot=False, stop_after=2)
+    cfg = dataclasses.replace(good, optim=dataclasses.replace(good.optim, lr=1e38, warmup_steps=1))
+    with pytest.raises(FloatingPointError, match="diverged.*last good checkpoint"):
+        train(cfg, progress=False, plot=False)  # resumes at step 2, then blows up
+    ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"))
+    assert 2 in ckpt.all_steps()
+    for step in ckpt.all_steps():  # every checkpoint written holds finite parameters
+        mesh, rules = make_mesh(cfg.mesh, devices=jax.devices()[:1]), cfg.mesh.rules
+        tx, _ = make_optimizer(cfg.optim, cfg.train.num_steps)
+        with jax.set_mesh(mesh), axis_rules(rules):
+            state, _ = ckpt.restore(step, abstract_train_state(cfg, tx, mesh, rules)[0], cfg)
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+    ckpt.close()

@@ -174,7 +174,13 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
                 done = step + 1
                 if done < end:
                     batch = host_batch(done)  # prepared while the device computes
-                if done % tcfg.log_every == 0 or done == end:
+                log_now = done % tcfg.log_every == 0 or done == end
+                save_now = done % tcfg.checkpoint_every == 0 or done == end
+                if (log_now or save_now) and not np.isfinite(float(metrics["loss"])):
+                    raise FloatingPointError(
+                        f"the loss is not finite at step {done}: the model diverged. The last good checkpoint "
+                        f"in {ckpt.directory} is intact; lower optim.lr or raise optim.warmup_steps and resume.")
+                if log_now:
                     last_train = summarise_train_window(jax.device_get(window))
                     window = []
                     writer.write(done, "train", last_train)
@@ -184,10 +190,12 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
                     last_eval = evaluate(state.params)
                     writer.write(done, "eval", last_eval)
                     log.info("step %d eval ce per stage %s", done, np.round(last_eval["ce_per_stage"], 3))
-                if done % tcfg.checkpoint_every == 0 or done == end:
+                if save_now:
                     ckpt.save(done, state, cfg, {"data_step": done, "seed": tcfg.seed}, force=done == end)
                 if bar is not None:
                     bar.update(1)
+            if last_eval is None:  # nothing left to train (resumed at the end): still report
+                last_eval = evaluate(state.params)
         finally:
             if bar is not None:
                 bar.close()
