@@ -50,6 +50,16 @@ def _sample_after_training(cfg, result) -> None:
           f"random codes: {1 / cfg.lm.card:.3f})")
 
 
+def _enable_cache() -> None:
+    """Compiled programs persist across runs (~/.cache/magnet_jax/xla, or $MAGNET_JAX_CACHE)."""
+    from magnet_jax.decode.sampler import enable_compilation_cache
+
+    try:
+        enable_compilation_cache()
+    except OSError as e:  # e.g. a read-only home: run without the cache
+        logging.getLogger(__name__).warning("no persistent compilation cache: %s", e)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="magnet-jax", description="MAGNeT in JAX: train and sample.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     overrides = [a for a in argv if a.startswith("--config.")]
     rest = [a for a in argv if not a.startswith("--config.")]
     args = build_parser().parse_args(rest)
+    _enable_cache()
     try:
         return args.func(args, overrides)
     except (ValueError, FileNotFoundError) as e:
