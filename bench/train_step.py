@@ -20,6 +20,7 @@ def _parse():
     p.add_argument("--mesh", default="", help="e.g. data=2,fsdp=4,tensor=1 (default: the config's mesh)")
     p.add_argument("--fake-devices", type=int, default=0, help="force N host CPU devices (sharding on CPU)")
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--compile-only", action="store_true", help="build the sharded state and compile; no steps")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="override the per-device peak")
     args, overrides = p.parse_known_args()
     bad = [o for o in overrides if not o.startswith("--config.")]
@@ -77,6 +78,13 @@ def main():
         t0 = time.perf_counter()
         compiled = step.lower(state, batches[0], key).compile()
         compile_s = time.perf_counter() - t0
+        if args.compile_only:
+            mem = compiled.memory_analysis()
+            state_mb = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state)) / 2**20
+            print(f"train_step config={cfg.name} mesh={dict(mesh.shape)} compile={compile_s:.1f}s per-device: "
+                  f"params+opt state={state_mb:.1f}MiB, compiled arguments="
+                  f"{mem.argument_size_in_bytes / 2**20:.1f}MiB, temp={mem.temp_size_in_bytes / 2**20:.1f}MiB")
+            return
         state, m = compiled(state, batches[0], key)  # warm-up
         jax.block_until_ready(m)
         t0 = time.perf_counter()
