@@ -30,6 +30,9 @@ class LMConfig:
     causal: bool = False  # MAGNeT is bidirectional; True for MusicGen-style AR use
     subcodes_context: int = 5  # stages > 0 attend to |t_q - t_k| <= this; -1: unrestricted
     span_len: int = 3
+    # Static stages > 0 (sampling) compute the local attention block-banded instead of
+    # masking a T x T score matrix; same result, less work at long T.
+    banded_local_attention: bool = True
     max_period: float = 10_000.0
     positional_scale: float = 1.0
     # The reference zeroes padded condition positions but does not mask them in

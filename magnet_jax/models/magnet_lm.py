@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from magnet_jax.config import LMConfig
-from magnet_jax.nn.attention import causal_mask, local_window_mask
+from magnet_jax.nn.attention import LocalWindow, causal_mask, local_window_mask
 from magnet_jax.nn.initializers import lm_init
 from magnet_jax.nn.linear import param
 from magnet_jax.nn.norms import LayerNorm
@@ -53,13 +53,16 @@ class MagnetLM(nnx.Module):
         return self.transformer.cross_key_values(condition.astype(jnp.dtype(self.config.dtype)))
 
     def self_attention_mask(self, length: int, stage: Stage, causal: Optional[bool] = None):
-        """Boolean `[T, T]` mask (True = attend) or None for full attention."""
+        """Boolean `[T, T]` mask (True = attend), a LocalWindow (static stage > 0, banded), or
+        None for full attention."""
         c = self.config
         causal = c.causal if causal is None else causal
         mask = causal_mask(length) if causal else None
         if stage is not None and c.subcodes_context >= 0:
             local = local_window_mask(length, c.subcodes_context)
             if isinstance(stage, int):
+                if stage > 0 and mask is None and c.banded_local_attention:
+                    return LocalWindow(c.subcodes_context)  # same result, no T x T scores
                 stage_mask = local if stage > 0 else None
             else:  # traced stage (training draws it per step)
                 stage_mask = local | (jnp.asarray(stage) == 0)
