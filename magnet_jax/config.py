@@ -155,7 +155,6 @@ class MeshConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     source: str = "synthetic"  # 'synthetic' (embedded procedural dataset) | later: 'tfds'
-    dir: str = ""
     segment_duration: float = 10.0  # seconds
     frame_rate: int = 50  # codec frames per second
     seed: int = 0

@@ -10,11 +10,12 @@ import optax
 import pytest
 
 from magnet_jax.train.dadapt_adam import dadapt_adam
+from tests.reference import require
 from tests.reference.audiocraft_modules import load
 
 
 def _reference_dadam():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     load("audiocraft.modules.streaming")  # registers the bare `audiocraft` package
     root = sys.modules["audiocraft"].__path__[0]
     if "audiocraft.optim" not in sys.modules:

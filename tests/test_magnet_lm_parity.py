@@ -13,6 +13,7 @@ from flax import nnx
 from magnet_jax.config import LMConfig
 from magnet_jax.convert.audiocraft_lm import ConversionError, load_into, lm_params_from_audiocraft
 from magnet_jax.models.magnet_lm import MagnetLM
+from tests.reference import require
 from tests.reference.audiocraft_modules import load
 
 BASE = LMConfig(n_q=4, card=32, dim=32, num_heads=4, num_layers=2, subcodes_context=3)
@@ -65,7 +66,7 @@ class _RefLM:
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_logits_match_audiocraft(variant):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     tr = load("audiocraft.modules.transformer")
     cfg = VARIANTS[variant]
     ref = _RefLM(torch, tr, cfg)
@@ -84,7 +85,7 @@ def test_logits_match_audiocraft(variant):
 
 
 def test_converter_reports_missing_and_unused_tensors():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     tr = load("audiocraft.modules.transformer")
     sd = _RefLM(torch, tr, BASE).state_dict()
     broken = dict(sd)

@@ -14,6 +14,7 @@ from magnet_jax.decode.stage import StageTables
 from magnet_jax.models.magnet_lm import MagnetLM
 from magnet_jax.parallel.mesh import make_mesh
 from tests.reference import magnet_decoding as ref
+from tests.reference import require
 
 CFG = LMConfig(n_q=4, card=32, dim=32, num_heads=4, num_layers=2, subcodes_context=3)
 STEPS = (6, 3, 3, 2)
@@ -46,7 +47,7 @@ def _ref_logits_fn(lm, cond, mask, cfg):
 def test_span_counts_equal_reference_formula():
     """Every count of every step, for step counts 1..64 and 1..600 spans to generate (torch's
     own float32 linspace and cos, as the reference computes them)."""
-    pytest.importorskip("torch")
+    require("torch")
     for steps in list(range(1, 65)):
         schedule = ref.step_schedule(steps)
         rates = np.array([float(mask_p) for _, mask_p in schedule], np.float32)
@@ -72,7 +73,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_greedy_equals_reference_transcription(lm, sampler, case):
-    pytest.importorskip("torch")
+    require("torch")
     cond, mask = _condition()
     length, plen = case["length"], case["prompt"]
     prompt = None

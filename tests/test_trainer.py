@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 
+import jax
 import numpy as np
 
 from magnet_jax.cli import main
@@ -34,10 +35,19 @@ def test_short_quickstart_run_learns_and_writes_artifacts(tmp_path):
     assert codes.shape == (2, 4, 99) and agreement[1:].mean() > 0.2, agreement  # chance: 1/128
 
 
-def test_cli_reports_bad_override_clearly(tmp_path, capsys):
-    code = main(["train", "--config", "configs/tiny.py", "--config.train.lrr=1e-3", "--no-progress"])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "unknown config key 'train.lrr'" in err and "Valid keys" in err
-    assert main(["train", "--config", "configs/tiny.py", "--config.optim.lr=abc"]) == 2
-    assert "optim.lr='abc' as float" in capsys.readouterr().err
+def test_cli_reports_bad_override_clearly_and_enables_the_compile_cache(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MAGNET_JAX_CACHE", str(tmp_path / "xla"))
+    flags = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {f: getattr(jax.config, f) for f in flags}
+    try:
+        assert main(["train", "--config", "configs/tiny.py", "--config.train.lrr=1e-3", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "unknown config key 'train.lrr'" in err and "Valid keys" in err
+        assert main(["train", "--config", "configs/tiny.py", "--config.optim.lr=abc"]) == 2
+        assert "optim.lr='abc' as float" in capsys.readouterr().err
+        # The persistent compilation cache is on by default, in $MAGNET_JAX_CACHE.
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla") and (tmp_path / "xla").is_dir()
+    finally:
+        for f, v in saved.items():
+            jax.config.update(f, v)

@@ -64,7 +64,7 @@ def data_baselines(data) -> Dict[str, Any]:
 def process_slice(batch: Dict[str, np.ndarray], process_index: int, process_count: int):
     """This process's contiguous slice of a global host batch."""
     n = batch["codes"].shape[0] // process_count
-    return {k: v[process_index * n:(process_index + 1) * n] for k, v in batch.items() if hasattr(v, "shape")}
+    return {k: v[process_index * n:(process_index + 1) * n] for k, v in batch.items()}
 
 
 def check_batch_sizes(cfg: Config, mesh, rules) -> int:
@@ -86,8 +86,6 @@ def to_global(batch: Dict[str, np.ndarray], mesh, rules, global_batch: int):
     """Per-process numpy slices -> global jax.Arrays sharded over the batch axes."""
     out = {}
     for name, local in batch.items():
-        if not isinstance(local, np.ndarray) or local.dtype.kind not in "biuf":
-            continue  # e.g. caption strings: host-side only
         sharding = data_sharding(mesh, rules, local.ndim)
         out[name] = jax.make_array_from_process_local_data(sharding, local, (global_batch,) + local.shape[1:])
     return out

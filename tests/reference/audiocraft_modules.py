@@ -10,17 +10,17 @@ import importlib.util
 import sys
 import types
 
-import pytest
+from tests.reference import require
 
 
 def load(module: str):
-    torch = pytest.importorskip("torch", reason="PyTorch reference: pip install -e '.[test]'")
+    torch = require("torch")
     if module in sys.modules:
         return sys.modules[module]
     if "audiocraft" not in sys.modules:
         spec = importlib.util.find_spec("audiocraft")
         if spec is None:
-            pytest.skip("audiocraft reference not installed: pip install --no-deps audiocraft==1.3.0")
+            require("audiocraft")  # fails with the install command
         root = spec.submodule_search_locations[0]
         for name, path in (("audiocraft", root), ("audiocraft.modules", root + "/modules")):
             pkg = types.ModuleType(name)
