@@ -17,6 +17,15 @@ setup(
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
         "tqdm>=4.66",
+        "pyyaml>=6",
+        # Checkpoints (Hugging Face folders, hub downloads), T5 tokenizer, audio files.
+        "safetensors==0.8.0",
+        "huggingface-hub>=1.0",
+        "transformers==5.23.0",
+        "sentencepiece==0.2.3",
+        "soundfile==0.14.0",
+        "soxr==1.1.0",
+        "pyloudnorm==0.2.0",
     ],
     extras_require={
         # The PyTorch references of the parity tests; audiocraft itself is installed with
