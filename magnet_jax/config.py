@@ -46,6 +46,8 @@ class LMConfig:
     remat: bool = False  # rematerialise each layer in the backward pass
     # Layers are scanned (one compiled body: fast compile); unroll > 1 trades compile time for speed.
     scan_unroll: int = 1
+    # Per-codebook delays of MusicGen's 'delay' codebook pattern; () is MAGNeT's 'parallel' pattern.
+    codebook_delays: Tuple[int, ...] = ()
 
     @property
     def mask_id(self) -> int:
@@ -64,11 +66,14 @@ class LMConfig:
 class ConditionerConfig:
     """Text condition: a text encoder, then a projection to the LM width."""
 
-    encoder: str = "embedding"  # 'embedding' (learned table, synthetic data) | 't5' (later)
+    encoder: str = "embedding"  # 'embedding' (learned table, synthetic data) | 't5' (frozen, outside the model)
     vocab_size: int = 64  # for the 'embedding' encoder
     max_text_len: int = 16
     output_dim: int = 768  # text encoder width (t5-base: 768)
     cfg_dropout: float = 0.3  # probability of replacing the whole condition by the null one
+    t5_name: str = "t5-base"  # for the 't5' encoder: a Hugging Face name or a local folder
+    word_dropout: float = 0.0  # training only: each word of a caption is dropped with this probability
+    normalize_text: bool = False  # audiocraft's optional lemmatising text normaliser (needs spacy; unsupported)
 
 
 @dataclasses.dataclass(frozen=True)

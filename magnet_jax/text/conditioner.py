@@ -2,8 +2,10 @@
 a linear projection to the LM width (`output_proj`, with bias), padded positions zeroed.
 
 Classifier-free guidance's null condition is an empty text: all-zero embeddings with an
-all-zero mask. The encoder is pluggable; until the T5 encoder lands, `embedding` is a
-learned table over a small word vocabulary (the embedded synthetic dataset).
+all-zero mask. The encoder is pluggable: `embedding` is a learned table over a small word
+vocabulary (the embedded synthetic dataset); with `t5` the frozen T5 encoder runs outside
+this module (as in audiocraft, it is not trained and not saved with the LM) and the
+conditioner takes its hidden states.
 """
 from __future__ import annotations
 
@@ -36,25 +38,25 @@ class TextConditioner(nnx.Module):
         self.config = cfg
         if cfg.encoder == "embedding":
             self.encoder = EmbeddingTextEncoder(cfg.vocab_size, cfg.output_dim, param_dtype=param_dtype, rngs=rngs)
+        elif cfg.encoder == "t5":
+            self.encoder = None
         else:
-            raise ValueError(
-                f"conditioner.encoder={cfg.encoder!r} is not available yet; use 'embedding' "
-                "(the T5 encoder arrives with the checkpoint-conversion work)."
-            )
+            raise ValueError(f"conditioner.encoder={cfg.encoder!r}: expected 'embedding' or 't5'.")
         self.output_proj = Dense((cfg.output_dim,), (lm_dim,), in_axes=(None,), out_axes=("embed",), use_bias=True,
                                  kernel_init=torch_linear_default_init(cfg.output_dim), dtype=dtype,
                                  param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, ids: jnp.ndarray, mask: jnp.ndarray, keep: Optional[jnp.ndarray] = None
+    def __call__(self, text: jnp.ndarray, mask: jnp.ndarray, keep: Optional[jnp.ndarray] = None
                  ) -> Tuple[jnp.ndarray, jnp.ndarray]:
-        """ids, mask `[B, S]` -> (condition `[B, S, dim]`, mask `[B, S]`).
+        """text, mask `[B, S]` -> (condition `[B, S, dim]`, mask `[B, S]`).
 
-        keep: optional bool `[B]`; False rows become the null condition (CFG dropout).
+        text: token ids `[B, S]` for the `embedding` encoder; T5 hidden states `[B, S, output_dim]`
+        for `t5`. keep: optional bool `[B]`; False rows become the null condition (CFG dropout).
         """
         mask = mask.astype(bool)
         if keep is not None:
             mask = mask & keep.astype(bool)[:, None]
-        hidden = self.encoder(ids, mask)
+        hidden = text if self.encoder is None else self.encoder(text, mask)
         cond = self.output_proj(hidden)
         cond = cond * mask[..., None].astype(cond.dtype)
         return cond, mask
