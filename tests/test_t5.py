@@ -1,0 +1,68 @@
+"""Our Flax T5 encoder against transformers' PyTorch T5 (random weights, local tokenizer)."""
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from magnet_jax.convert.audiocraft_lm import ConversionError
+from magnet_jax.convert.t5 import load_t5_encoder
+from magnet_jax.text.t5 import relative_position_buckets
+from magnet_jax.text.tokenizer import T5Tokenizer
+
+from tests.reference import require
+from tests.t5_fixtures import make_t5
+
+torch = require("torch")
+require("transformers")
+
+TEXTS = ["80s disco with a funky bass", "rain", "slow jazz with piano and soft drums played late at night"]
+
+
+@pytest.mark.parametrize("ffn,full,safetensors", [("relu", True, True), ("gated-gelu", False, True),
+                                                  ("relu", False, False)],
+                         ids=["t5-relu-full-safetensors", "v1.1-gated-gelu-encoder", "relu-bin"])
+def test_hidden_states_match_transformers(tmp_path, ffn, full, safetensors):
+    ref = make_t5(tmp_path, ffn=ffn, full=full, safetensors=safetensors)
+    cfg, ours = load_t5_encoder(tmp_path)
+    tok = T5Tokenizer(tmp_path)
+    ids, mask = tok(TEXTS)
+    assert ids.shape[0] == 3 and mask[1].sum() < mask[2].sum() == ids.shape[1]  # padded to the longest
+    encoder = ref.get_encoder() if full else ref
+    with torch.no_grad():
+        want = encoder(input_ids=torch.from_numpy(ids.astype(np.int64)),
+                       attention_mask=torch.from_numpy(mask.astype(np.int64))).last_hidden_state.numpy()
+    got = np.asarray(ours(jnp.asarray(ids), jnp.asarray(mask)))
+    assert got.shape == want.shape
+    # Padded positions too: both compute them the same way (they are zeroed later by the conditioner).
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_buckets_match_transformers():
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    rel = torch.arange(50)[None, :] - torch.arange(40)[:, None]
+    want = T5Attention._relative_position_bucket(rel, bidirectional=True, num_buckets=32, max_distance=128)
+    np.testing.assert_array_equal(relative_position_buckets(40, 50, 32, 128), want.numpy())
+
+
+def test_missing_extra_and_no_config(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    make_t5(tmp_path, full=False, tokenizer=False)
+    tensors = load_file(tmp_path / "model.safetensors")
+    drop = dict(tensors)
+    drop.pop("encoder.block.1.layer.1.DenseReluDense.wo.weight")
+    save_file(drop, tmp_path / "model.safetensors")
+    with pytest.raises(ConversionError, match="lacks 1 encoder tensors"):
+        load_t5_encoder(tmp_path)
+    save_file({**tensors, "encoder.block.9.layer.0.layer_norm.weight": np.ones(32, np.float32)},
+              tmp_path / "model.safetensors")
+    with pytest.raises(ConversionError, match="not used"):
+        load_t5_encoder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**json.loads((tmp_path / "config.json").read_text()),
+                                                      "model_type": "bert"}))
+    with pytest.raises(ConversionError, match="not T5"):
+        load_t5_encoder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_t5_encoder(tmp_path / "nowhere")
