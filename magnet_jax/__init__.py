@@ -4,8 +4,9 @@ from magnet_jax.config_io import load_config
 from magnet_jax.decode.sampler import MagnetSampler, enable_compilation_cache
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 from magnet_jax.models.magnet_lm import MagnetLM
+from magnet_jax.pipeline import MAGNeT
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "DecodeConfig", "LMConfig", "load_config", "MagnetLM", "MagnetSampler", "SamplerSettings",
+__all__ = ["MAGNeT", "Config", "DecodeConfig", "LMConfig", "load_config", "MagnetLM", "MagnetSampler", "SamplerSettings",
            "DecodeKnobs", "enable_compilation_cache", "__version__"]

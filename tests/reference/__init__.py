@@ -6,6 +6,8 @@ import pytest
 INSTALL = {
     "torch": "pip install -e '.[test]'",
     "audiocraft": "pip install --no-deps audiocraft==1.3.0",
+    "transformers": "pip install -e '.[test]'",
+    "omegaconf": "pip install -e '.[test]'",
 }
 
 

@@ -1,0 +1,192 @@
+"""`MAGNeT`: text -> T5 -> conditioned LM sampler -> EnCodec -> waveform.
+
+    model = MAGNeT.from_pretrained("facebook/magnet-small-10secs")   # or a local folder
+    wav = model.generate(["80s disco with a funky bass"], duration=10, seed=0)   # [B, C, N]
+
+The text condition is built as audiocraft builds it: T5 over the batch padded to its longest
+caption, the projection, padded positions zeroed, and an empty or None caption as the null
+condition. Decoding defaults come from the checkpoint (`generate.lm` of its `xp.cfg`), or
+audiocraft's `MAGNeT.set_generation_params` defaults with `generation_defaults="audiocraft"`;
+every call may override them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from magnet_jax.config import Config
+from magnet_jax.convert.audiocraft_config import AUDIOCRAFT_API_DECODE
+from magnet_jax.decode.long_form import generate_long
+from magnet_jax.decode.sampler import MagnetSampler, output_length
+from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
+
+# audiocraft's spellings of the decoding knobs -> ours.
+_ALIASES = {"temp": "temperature", "anneal_temp": "anneal_temperature"}
+_DECODE_KEYS = {f.name for f in dataclasses.fields(SamplerSettings)} | {"temperature", "max_cfg_coef",
+                                                                          "min_cfg_coef", "top_p"}
+
+
+class MAGNeT:
+    def __init__(self, config: Config, model, t5, tokenizer, codec, *, name: str = "magnet",
+                 generation_defaults: str = "checkpoint"):
+        """model: a `MagnetModel` (text projection + LM); t5: `T5Encoder`; tokenizer: `T5Tokenizer`;
+        codec: `EncodecModel`. Prefer `MAGNeT.from_pretrained`."""
+        if config.lm.causal or config.lm.codebook_delays:
+            raise ValueError("this checkpoint is a causal (MusicGen) LM; MAGNeT pipelines need a MAGNeT LM")
+        if codec.num_codebooks != config.lm.n_q or codec.cardinality != config.lm.card:
+            raise ValueError(f"the codec gives {codec.num_codebooks} codebooks of {codec.cardinality} codes but the "
+                             f"LM models {config.lm.n_q} of {config.lm.card}: they are not a pair")
+        if generation_defaults not in ("checkpoint", "audiocraft"):
+            raise ValueError(f"generation_defaults must be 'checkpoint' or 'audiocraft', got {generation_defaults!r}")
+        if generation_defaults == "audiocraft":
+            config = dataclasses.replace(config, decode=AUDIOCRAFT_API_DECODE)
+        self.config, self.name = config, name
+        self.model, self.t5, self.tokenizer, self.codec = model, t5, tokenizer, codec
+        self.sampler = MagnetSampler(model.lm)
+        proj_graph, proj_params = nnx.split(model.conditioner)
+        t5_graph, t5_params = nnx.split(t5)
+        self._text_params = (proj_params, t5_params)
+
+        def encode_text(params, ids, mask):
+            proj, t5p = params
+            hidden = nnx.merge(t5_graph, t5p)(ids, mask)
+            return nnx.merge(proj_graph, proj)(hidden, mask)
+
+        self._encode_text = jax.jit(encode_text)
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.codec.sample_rate)
+
+    @property
+    def frame_rate(self) -> float:
+        return float(self.codec.frame_rate)
+
+    @property
+    def duration(self) -> float:
+        """The segment length the model was trained on (seconds); longer audio is windowed."""
+        return float(self.config.data.segment_duration)
+
+    @property
+    def generation_params(self) -> Dict:
+        return dataclasses.asdict(self.config.decode)
+
+    # -- loading ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str = "facebook/magnet-small-10secs", **kwargs) -> "MAGNeT":
+        """A hub name (downloaded when online) or a local folder; see `magnet_jax.loading`."""
+        from magnet_jax.loading import load_pipeline_parts
+
+        parts = load_pipeline_parts(name_or_dir, **{k: v for k, v in kwargs.items() if k != "generation_defaults"})
+        return cls(*parts[:5], name=parts[5], generation_defaults=kwargs.get("generation_defaults", "checkpoint"))
+
+    # -- text -------------------------------------------------------------------------------
+
+    def encode_text(self, descriptions: Sequence[Optional[str]]) -> Tuple[jnp.ndarray, jnp.ndarray]:
+        """(condition [B, S, dim], mask [B, S]); None or "" rows are the null condition."""
+        texts = ["" if d is None else str(d) for d in descriptions]
+        ids, mask = self.tokenizer(texts)
+        empty = np.array([t == "" for t in texts])
+        mask = np.where(empty[:, None], 0, np.asarray(mask))
+        return self._encode_text(self._text_params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
+
+    # -- decoding settings ------------------------------------------------------------------
+
+    def _settings(self, overrides: Dict) -> Tuple[SamplerSettings, DecodeKnobs]:
+        ov = {_ALIASES.get(k, k): v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(ov) - _DECODE_KEYS)
+        if unknown:
+            raise TypeError(f"unknown decoding setting(s) {unknown}; valid: {sorted(_DECODE_KEYS | set(_ALIASES))}")
+        if "decoding_steps" in ov:
+            steps = tuple(int(s) for s in np.atleast_1d(ov["decoding_steps"]))
+            if len(steps) != self.config.lm.n_q:
+                raise ValueError(f"decoding_steps needs {self.config.lm.n_q} entries (one per codebook), got {steps}")
+            ov["decoding_steps"] = steps
+        settings = SamplerSettings.from_config(self.config.decode, self.config.lm.span_len, **ov)
+        return settings, DecodeKnobs.from_config(self.config.decode, **ov)
+
+    # -- generation -------------------------------------------------------------------------
+
+    def _frames(self, duration: Optional[float]) -> int:
+        duration = self.duration if duration is None else float(duration)
+        if duration <= 0:
+            raise ValueError(f"duration must be positive seconds, got {duration}")
+        return int(duration * self.frame_rate)
+
+    def generate_codes(self, descriptions: Sequence[Optional[str]], *, duration: Optional[float] = None,
+                       seed: int = 0, prompt_codes=None, progress: Optional[Callable[[int, int], None]] = None,
+                       **overrides) -> np.ndarray:
+        """codes int32 [B, K, T] for T = duration x frame rate (trimmed to whole spans)."""
+        if isinstance(descriptions, str) or descriptions is None:
+            descriptions = [descriptions]
+        settings, knobs = self._settings(overrides)
+        cond, mask = self.encode_text(descriptions)
+        key = jax.random.key(seed)
+        total, segment = self._frames(duration), self._frames(self.duration)
+        window = output_length(settings, segment)
+        prompt = None if prompt_codes is None else jnp.asarray(prompt_codes, jnp.int32)
+        if prompt is not None and prompt.shape[:2] != (len(descriptions), self.config.lm.n_q):
+            raise ValueError(f"prompt codes must be [B={len(descriptions)}, K={self.config.lm.n_q}, P], "
+                             f"got {tuple(prompt.shape)}")
+        if total <= segment:  # as audiocraft: trimmed to whole spans for non-overlapping spans
+            if progress is not None:
+                codes = self.sampler.generate_with_progress(cond, mask, key, settings, knobs, length=total,
+                                                            prompt=prompt, progress=progress)
+            else:
+                codes = self.sampler.generate(cond, mask, key, settings, knobs, length=total, prompt=prompt)
+        else:  # longer than the trained segment: windows continuing each other's last third
+            overlap = output_length(settings, max(settings.span_len, window // 3)) or settings.span_len
+            codes = generate_long(self.sampler, cond, mask, key, settings, knobs, total_length=total, window=window,
+                                  overlap=overlap, prompt=prompt,
+                                  on_window=None if progress is None else
+                                  (lambda i, c: progress(min(c.shape[-1], total), total)))
+        return np.asarray(jax.device_get(codes))
+
+    def decode_codes(self, codes) -> np.ndarray:
+        """codes [B, K, T] -> waveform float32 [B, C, N] at `sample_rate`."""
+        return np.asarray(jax.device_get(self.codec.decode(jnp.asarray(codes, jnp.int32))))
+
+    def generate(self, descriptions: Sequence[Optional[str]], *, duration: Optional[float] = None, seed: int = 0,
+                 progress: Optional[Callable[[int, int], None]] = None, **overrides) -> np.ndarray:
+        """waveforms float32 [B, C, N] at `sample_rate`."""
+        return self.decode_codes(self.generate_codes(descriptions, duration=duration, seed=seed, progress=progress,
+                                                     **overrides))
+
+    def encode_audio(self, wav, sample_rate: int) -> np.ndarray:
+        """waveform [B, C, N] or [C, N] at `sample_rate` -> codes [B, K, T] (resampled, channels matched)."""
+        from magnet_jax.data.audio_io import convert_audio
+
+        wav = np.asarray(wav, np.float32)
+        if wav.ndim == 2:
+            wav = wav[None]
+        if wav.ndim != 3:
+            raise ValueError(f"audio must be [B, C, N] or [C, N], got shape {wav.shape}")
+        channels = int(self.codec.config.audio_channels)
+        wav = np.stack([convert_audio(w, int(sample_rate), self.sample_rate, channels) for w in wav])
+        return np.asarray(jax.device_get(self.codec.encode(jnp.asarray(wav))))
+
+    def generate_continuation(self, prompt_wav, prompt_sample_rate: int,
+                              descriptions: Optional[Sequence[Optional[str]]] = None, *,
+                              duration: Optional[float] = None, seed: int = 0,
+                              progress: Optional[Callable[[int, int], None]] = None, **overrides) -> np.ndarray:
+        """Continues `prompt_wav` ([B, C, N] or [C, N]); the output [B, C, N'] starts with the prompt."""
+        prompt = self.encode_audio(prompt_wav, prompt_sample_rate)
+        if descriptions is None:
+            descriptions = [None] * prompt.shape[0]
+        if len(descriptions) != prompt.shape[0]:
+            raise ValueError(f"{len(descriptions)} descriptions for {prompt.shape[0]} prompts")
+        if prompt.shape[-1] >= self._frames(duration):
+            raise ValueError(f"the prompt ({prompt.shape[-1] / self.frame_rate:.2f} s) is not shorter than the "
+                             f"requested duration; ask for a longer duration")
+        codes = self.generate_codes(descriptions, duration=duration, seed=seed, prompt_codes=prompt,
+                                    progress=progress, **overrides)
+        return self.decode_codes(codes)
+
