@@ -20,6 +20,8 @@ def magnet_xp_cfg(*, dim: int = 32, num_heads: int = 4, num_layers: int = 2, n_q
     ls = "null" if layer_scale is None else layer_scale
     b = "true" if bias else "false"
     steps = ", ".join(str(int(s)) for s in decoding_steps)
+    magnet_only = (f"  subcodes_context: {subcodes_context}\n  compression_model_framerate: 50\n  segment_duration: 0\n"
+                   f"  span_len: -1\nmasking:\n  span_len: {span_len}\n") if modeling == "parallel" else ""
     return f"""\
 device: cuda
 dtype: float32
@@ -111,13 +113,7 @@ transformer_lm:
   attention_dropout: null
   kv_repeat: 1
   two_step_cfg: false
-  subcodes_context: {subcodes_context}
-  compression_model_framerate: 50
-  segment_duration: 0
-  span_len: -1
-masking:
-  span_len: {span_len}
-optim:
+{magnet_only}optim:
   epochs: 500
   optimizer: dadam
   lr: 1
