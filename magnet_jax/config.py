@@ -159,11 +159,20 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: str = "synthetic"  # 'synthetic' (embedded procedural dataset) | later: 'tfds'
+    source: str = "synthetic"  # 'synthetic' (embedded procedural dataset) | 'tfds' (a token dataset at `dir`)
+    dir: str = ""  # 'tfds': the dataset folder written by `magnet-jax tokenize`
     segment_duration: float = 10.0  # seconds
     frame_rate: int = 50  # codec frames per second
     seed: int = 0
     noise: float = 0.1  # synthetic: probability a token is replaced by a uniform one
+    # 'tfds' (audiocraft's dataset settings): random crops start in [0, T - min_segment_ratio * segment].
+    min_segment_ratio: float = 1.0
+    # Caption composition from metadata (audiocraft's text2music train settings; 0 for sound datasets).
+    merge_text_p: float = 0.0
+    drop_desc_p: float = 0.0
+    drop_other_p: float = 0.0
+    eval_fraction: float = 0.02  # the dataset's last examples, held out for evaluation
+    num_threads: int = 8  # grain reader threads per host
 
     @property
     def num_frames(self) -> int:

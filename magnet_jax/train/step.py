@@ -38,11 +38,12 @@ def masked_cross_entropy(logits, targets, weights):
     return (ce * w).sum() / count, (acc * w).sum() / count, w.sum()
 
 
-def stage_loss(model, batch, key, stage, cfg: Config, lut, condition: str = "dropout"):
+def stage_loss(model, batch, key, stage, cfg: Config, lut, condition: str = "dropout", text=None):
     """Loss of one stage on a batch. `stage` may be traced. Returns (loss, aux dict).
 
     condition: 'dropout' (training: CFG dropout), 'text' (always conditioned) or 'null'
     (always the null condition: what the model knows without the caption).
+    text: the conditioner's input when not `batch["text_ids"]` (the frozen T5's hidden states).
     """
     codes = batch["codes"]
     b, _, t = codes.shape
@@ -58,25 +59,36 @@ def stage_loss(model, batch, key, stage, cfg: Config, lut, condition: str = "dro
         keep = jnp.full((b,), condition == "text")
     else:
         raise ValueError(f"condition must be 'dropout', 'text' or 'null', got {condition!r}")
-    logits = model(inputs, batch["text_ids"], batch["text_mask"], stage=stage, keep=keep, stage_logits_only=True)
+    text = batch["text_ids"] if text is None else text
+    logits = model(inputs, text, batch["text_mask"], stage=stage, keep=keep, stage_logits_only=True)
     targets = jnp.take(codes, stage, axis=1)
     ce, acc, count = masked_cross_entropy(logits, targets, loss_mask)
     return ce, {"ce": ce, "acc": acc, "masked_frac": span.astype(jnp.float32).mean(), "num_masked": count}
 
 
-def make_train_step(cfg: Config, graphdef, tx, lr_schedule):
-    """The pure step; jit it with shardings (see `trainer.compile_train_step`)."""
+def encode_text(text_encoder, frozen, batch):
+    """The frozen text encoder's hidden states (no gradient), or None to use the ids directly."""
+    if text_encoder is None:
+        return None
+    return jax.lax.stop_gradient(text_encoder(frozen, batch["text_ids"], batch["text_mask"]))
+
+
+def make_train_step(cfg: Config, graphdef, tx, lr_schedule, text_encoder=None):
+    """The pure step `(state, batch, key, frozen) -> (state, metrics)`; jit it with shardings
+    (see `trainer.compile_train_step`). text_encoder: `(frozen, ids, mask) -> hidden`, a
+    frozen encoder (T5) whose parameters `frozen` are passed beside the state, not trained."""
     lut = mask_rate_to_span_starts_lut(cfg.data.num_frames, cfg.masking.span_len)
     n_q = cfg.lm.n_q
     ema_decay, ema_every = cfg.optim.ema_decay, max(cfg.optim.ema_every, 1)
 
-    def train_step(state: TrainState, batch: Dict[str, jax.Array], key: jax.Array):
+    def train_step(state: TrainState, batch: Dict[str, jax.Array], key: jax.Array, frozen=None):
         k_stage, k_loss = jax.random.split(key)
         stage = jax.random.randint(k_stage, (), 0, n_q)
+        text = encode_text(text_encoder, frozen, batch)
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params)
-            return stage_loss(model, batch, k_loss, stage, cfg, lut)
+            return stage_loss(model, batch, k_loss, stage, cfg, lut, text=text)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grad_norm = optax.global_norm(grads)
@@ -95,18 +107,19 @@ def make_train_step(cfg: Config, graphdef, tx, lr_schedule):
     return train_step
 
 
-def make_eval_step(cfg: Config, graphdef):
+def make_eval_step(cfg: Config, graphdef, text_encoder=None):
     """Per-stage CE and accuracy `[K]` on a batch with fixed masking (key), with the text
     condition and with the null condition (the gap is what the caption is worth)."""
     lut = mask_rate_to_span_starts_lut(cfg.data.num_frames, cfg.masking.span_len)
 
-    def eval_step(params, batch, key):
+    def eval_step(params, batch, key, frozen=None):
         model = nnx.merge(graphdef, params)
+        text = encode_text(text_encoder, frozen, batch)
         out = {"ce_per_stage": [], "acc_per_stage": [], "ce_per_stage_null_text": []}
         for stage in range(cfg.lm.n_q):
             k = jax.random.fold_in(key, stage)
-            _, aux = stage_loss(model, batch, k, stage, cfg, lut, condition="text")
-            _, null = stage_loss(model, batch, k, stage, cfg, lut, condition="null")
+            _, aux = stage_loss(model, batch, k, stage, cfg, lut, condition="text", text=text)
+            _, null = stage_loss(model, batch, k, stage, cfg, lut, condition="null", text=text)
             out["ce_per_stage"].append(aux["ce"])
             out["acc_per_stage"].append(aux["acc"])
             out["ce_per_stage_null_text"].append(null["ce"])

@@ -1,8 +1,9 @@
 """The training loop: mesh, sharded state, compiled step, data, metrics, checkpoints, plot.
 
 Resumable: if `train.workdir` holds a checkpoint the run continues from it, and because the
-step key is `fold_in(seed, step)` and the data are indexed by step, the continued run is
-bitwise the run that was never interrupted.
+step key is `fold_in(seed, step)` and the data are indexed by step (or, for datasets, read by
+an iterator whose state is checkpointed), the continued run is bitwise the run that was never
+interrupted.
 """
 from __future__ import annotations
 
@@ -47,7 +48,41 @@ def make_data_source(cfg: Config):
         from magnet_jax.data.synthetic import SyntheticMusicTokens
 
         return SyntheticMusicTokens.from_config(cfg.data, cfg.lm, cfg.conditioner)
-    raise ValueError(f"data.source={cfg.data.source!r} is not available yet; use 'synthetic'.")
+    if cfg.data.source == "tfds":
+        from magnet_jax.data.input_pipeline import TokenBatches
+        from magnet_jax.text.tokenizer import T5Tokenizer
+
+        if cfg.conditioner.encoder != "t5":
+            raise ValueError("data.source='tfds' captions are T5-tokenised: set conditioner.encoder='t5'")
+        if not cfg.data.dir:
+            raise ValueError("data.source='tfds' needs data.dir, the folder written by `magnet-jax tokenize`")
+        tokenizer = T5Tokenizer(t5_folder(cfg), max_length=cfg.conditioner.max_text_len, padding="max_length")
+        return TokenBatches(cfg, tokenizer, process_index=jax.process_index(), process_count=jax.process_count())
+    raise ValueError(f"data.source={cfg.data.source!r}: use 'synthetic' or 'tfds'.")
+
+
+def t5_folder(cfg: Config):
+    from magnet_jax import hub
+
+    return hub.resolve_component(cfg.conditioner.t5_name, explicit=None, model_dir=None, subfolder="t5",
+                                 env_var="MAGNET_JAX_T5_DIR", patterns=hub.T5_FILES, what="T5 encoder")
+
+
+def frozen_text_encoder(cfg: Config, mesh):
+    """(text_encoder fn, replicated frozen params) of the T5 encoder, or (None, None)."""
+    if cfg.conditioner.encoder != "t5":
+        return None, None
+    from flax import nnx
+
+    from magnet_jax.convert.t5 import load_t5_encoder
+
+    t5_cfg, t5 = load_t5_encoder(t5_folder(cfg), dtype=jax.numpy.dtype(cfg.lm.dtype))
+    if t5_cfg.d_model != cfg.conditioner.output_dim:
+        raise ValueError(f"the T5 encoder has width {t5_cfg.d_model} but conditioner.output_dim="
+                         f"{cfg.conditioner.output_dim}; set it to {t5_cfg.d_model}")
+    graphdef, params = nnx.split(t5)
+    params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    return (lambda frozen, ids, mask: nnx.merge(graphdef, frozen)(ids, mask)), params
 
 
 def data_baselines(data) -> Dict[str, Any]:
@@ -65,6 +100,27 @@ def process_slice(batch: Dict[str, np.ndarray], process_index: int, process_coun
     """This process's contiguous slice of a global host batch."""
     n = batch["codes"].shape[0] // process_count
     return {k: v[process_index * n:(process_index + 1) * n] for k, v in batch.items()}
+
+
+class BatchReader:
+    """This host's batch for each step: random access by step (synthetic data), or a prefetching
+    iterator (datasets) whose state before each read is kept so checkpoints can resume it."""
+
+    def __init__(self, data, global_batch: int, pidx: int, pcount: int, start: int, state=None):
+        self.data, self.args = data, (global_batch, pidx, pcount)
+        self.it = data.iterator(*self.args, state=state) if hasattr(data, "iterator") else None
+        if self.it is not None and state is None and start:
+            self.it = None  # a checkpoint without iterator state: random access by step is equivalent
+        self.states: Dict[int, Any] = {}
+
+    def read(self, step: int):
+        if self.it is None:
+            return self.data.batch(step, *self.args)
+        self.states = {step: self.it.get_state()}  # the position that reads batch `step` next
+        return next(self.it)
+
+    def state_at(self, step: int) -> Dict[str, Any]:
+        return {"data_iterator": self.states[step]} if step in self.states else {}
 
 
 def check_batch_sizes(cfg: Config, mesh, rules) -> int:
@@ -91,12 +147,12 @@ def to_global(batch: Dict[str, np.ndarray], mesh, rules, global_batch: int):
     return out
 
 
-def compile_train_step(cfg, graphdef, tx, schedule, shardings, example_batch, mesh, rules):
-    step_fn = make_train_step(cfg, graphdef, tx, schedule)
+def compile_train_step(cfg, graphdef, tx, schedule, shardings, example_batch, mesh, rules, text_encoder=None):
+    step_fn = make_train_step(cfg, graphdef, tx, schedule, text_encoder)
     batch_sh = {k: data_sharding(mesh, rules, v.ndim) for k, v in example_batch.items()}
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(step_fn, in_shardings=(shardings, batch_sh, replicated),
-                   out_shardings=(shardings, replicated), donate_argnums=0)
+    ins = (shardings, batch_sh, replicated) + ((replicated,) if text_encoder is not None else ())
+    return jax.jit(step_fn, in_shardings=ins, out_shardings=(shardings, replicated), donate_argnums=0)
 
 
 def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = None, plot: Optional[bool] = None
@@ -119,11 +175,12 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=tcfg.keep_checkpoints,
                             async_save=tcfg.async_checkpointing)
         start = ckpt.latest_step()
+        extra: Dict[str, Any] = {}
         if start is None:
             graphdef, state, shardings = build_train_state(cfg, tx, mesh, rules)
         else:
             abstract, shardings = abstract_train_state(cfg, tx, mesh, rules)
-            state, _ = ckpt.restore(start, abstract, cfg)
+            state, extra = ckpt.restore(start, abstract, cfg)
             graphdef = model_graphdef(cfg)
             log.info("resumed from %s at step %d", ckpt.directory, start)
         start = int(start or 0)
@@ -134,25 +191,30 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
         pidx, pcount = jax.process_index(), jax.process_count()
         g = tcfg.global_batch_size
 
+        text_encoder, frozen = frozen_text_encoder(cfg, mesh)
+        frozen_args = () if text_encoder is None else (frozen,)
+        reader = BatchReader(data, g, pidx, pcount, start, extra.get("data_iterator"))
+
         def host_batch(step):
-            return to_global(data.batch(step, g, pidx, pcount), mesh, rules, g)
+            return to_global(reader.read(step), mesh, rules, g)
 
         first = host_batch(start)
-        step_fn = compile_train_step(cfg, graphdef, tx, schedule, shardings, first, mesh, rules)
+        step_fn = compile_train_step(cfg, graphdef, tx, schedule, shardings, first, mesh, rules, text_encoder)
         base_key = jax.random.key(tcfg.seed)
         t0 = time.time()
-        compiled = step_fn.lower(state, first, base_key).compile()
+        compiled = step_fn.lower(state, first, base_key, *frozen_args).compile()
         compile_s = time.time() - t0
         mem = compiled.memory_analysis()
         log.info("train step compiled in %.1fs; per-device batch %d; memory %s", compile_s, per_device, mem)
 
-        eval_fn = jax.jit(make_eval_step(cfg, graphdef))
+        eval_fn = jax.jit(make_eval_step(cfg, graphdef, text_encoder))
         eval_batches = [to_global(process_slice(data.eval_batch(i, g), pidx, pcount), mesh, rules, g)
                         for i in range(tcfg.eval_batches)]
         eval_key = jax.random.fold_in(base_key, 2**31 - 1)
 
         def evaluate(params):
-            outs = [eval_fn(params, b, jax.random.fold_in(eval_key, i)) for i, b in enumerate(eval_batches)]
+            outs = [eval_fn(params, b, jax.random.fold_in(eval_key, i), *frozen_args)
+                    for i, b in enumerate(eval_batches)]
             outs = jax.device_get(outs)
             return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
 
@@ -167,7 +229,7 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
         batch = first
         try:
             for step in range(start, end):
-                state, metrics = compiled(state, batch, jax.random.fold_in(base_key, step))
+                state, metrics = compiled(state, batch, jax.random.fold_in(base_key, step), *frozen_args)
                 window.append(metrics)
                 done = step + 1
                 if done < end:
@@ -189,7 +251,8 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
                     writer.write(done, "eval", last_eval)
                     log.info("step %d eval ce per stage %s", done, np.round(last_eval["ce_per_stage"], 3))
                 if save_now:
-                    ckpt.save(done, state, cfg, {"data_step": done, "seed": tcfg.seed}, force=done == end)
+                    ckpt.save(done, state, cfg, {"data_step": done, "seed": tcfg.seed, **reader.state_at(done)},
+                              force=done == end)
                 if bar is not None:
                     bar.update(1)
             if last_eval is None:  # nothing left to train (resumed at the end): still report

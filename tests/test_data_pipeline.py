@@ -1,0 +1,170 @@
+"""Real-data plumbing end to end: audio folders in both layouts -> TFDS audio segments -> EnCodec
+tokens (sharded, resumable) -> grain batches -> training that resumes with the same batches."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from magnet_jax.config import (ConditionerConfig, Config, DataConfig, DecodeConfig, LMConfig, MaskingConfig,
+                               MeshConfig, OptimConfig, TrainConfig)
+from magnet_jax.convert.encodec import load_encodec
+from magnet_jax.data import prepare
+from magnet_jax.data.input_pipeline import TokenBatches
+from magnet_jax.data.records import open_dataset
+from magnet_jax.data.sources import load_source
+from magnet_jax.data.text import compose_description, word_dropout
+from magnet_jax.text.tokenizer import T5Tokenizer
+from magnet_jax.train.trainer import train
+
+from tests.data_fixtures import make_audiocraft_layout, make_caption_folder
+from tests.encodec_fixtures import make_encodec
+from tests.reference import require
+from tests.t5_fixtures import make_t5
+
+require("torch")  # the tiny codec and T5 are made with transformers' PyTorch models
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_encodec(root / "codec", codebook_size=64)
+    make_t5(root / "t5", d_model=32)
+    _, codec = load_encodec(root / "codec")
+    return dict(root=root, codec=codec, manifest=make_audiocraft_layout(root / "music"),
+                folder=make_caption_folder(root / "sounds"))
+
+
+def test_sources_read_both_layouts(env):
+    items = load_source(str(env["manifest"]))
+    assert len(items) == 6 and items[0].info["genre"] == "jazz" and items[0].info["bpm"] == 90
+    assert items[1].sample_rate == 44100
+    sounds = load_source(str(env["folder"]))
+    assert {i.path.split("/")[-1] for i in sounds} >= {"clip0.wav", "corrupt.wav", "empty.wav", "short.wav"}
+    assert next(i for i in sounds if i.path.endswith("clip1.wav")).info == {"description": "a techno sound effect"}
+    with pytest.raises(FileNotFoundError):
+        load_source(str(env["root"] / "nothing.jsonl"))
+
+
+def test_bad_files_are_counted_and_skipped(env, tmp_path):
+    out = prepare.tokenize(str(env["folder"]), env["codec"], str(tmp_path), name="sounds", segment_s=0.5,
+                           min_segment_s=0.4, chunk_size=3, progress=False)
+    stats = json.loads((tmp_path / "sounds" / "1.0.0" / "magnet_jax_stats.json").read_text())
+    assert stats["unreadable"] == 1 and stats["empty"] == 1 and stats["too_short"] == 1 and stats["items"] == 7
+    ds = open_dataset(out)
+    assert len(ds) == 4 * 2 == stats["examples"]  # 1.2 s -> 0.5 + 0.5 (the 0.2 s tail is below the minimum)
+    assert {np.asarray(ds[i]["codes"]).shape for i in range(len(ds))} == {(4, 25)}
+
+
+def test_audio_dataset_then_tokens_sharded_and_resumable(env, tmp_path, monkeypatch):
+    audio = prepare.build_audio_dataset(str(env["manifest"]), str(tmp_path), name="music_audio", sample_rate=32000,
+                                        segment_s=1.0, min_segment_s=0.5, chunk_size=2, progress=False)
+    segs = open_dataset(audio)
+    assert len(segs) == 10  # 1 s -> 1, 1.5 s -> 2 (a 0.5 s tail is kept), 2 s -> 2 segments, 2 files each
+    kw = dict(name="music_tokens", segment_s=1.0, min_segment_s=0.5, chunk_size=3, progress=False)
+    # Two processes, the first interrupted after one chunk of its own: nothing is lost or doubled.
+    calls = {"n": 0}
+    real_write = prepare.ChunkWriter.write
+
+    def failing_write(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(prepare.ChunkWriter, "write", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.tokenize(audio, env["codec"], str(tmp_path), process_index=0, process_count=2, **kw)
+    monkeypatch.setattr(prepare.ChunkWriter, "write", real_write)
+    assert prepare.tokenize(audio, env["codec"], str(tmp_path), process_index=1, process_count=2, **kw) is None
+    out = prepare.tokenize(audio, env["codec"], str(tmp_path), process_index=0, process_count=2, **kw)
+    tokens = open_dataset(out)
+    assert len(tokens) == 10
+    keys = sorted((str(tokens[i]["path"]), float(tokens[i]["offset_s"])) for i in range(10))
+    assert keys == sorted((str(segs[i]["path"]), float(segs[i]["offset_s"])) for i in range(10))
+    # Tokens equal the codec applied to the stored segment.
+    row = next(i for i in range(10) if float(tokens[i]["offset_s"]) == 1.0)
+    seg = next(segs[i] for i in range(10) if segs[i]["path"] == tokens[row]["path"] and float(segs[i]["offset_s"]) == 1.0)
+    want = np.asarray(env["codec"].encode(seg["audio"][None].astype(np.float32) / 32767))[0]
+    np.testing.assert_array_equal(np.asarray(tokens[row]["codes"]), want)
+
+
+def _cfg(env, data_dir, workdir, steps=6):
+    return Config(
+        name="data_test",
+        lm=LMConfig(n_q=4, card=64, dim=32, num_heads=4, num_layers=2, subcodes_context=3, span_len=3, dtype="float32"),
+        conditioner=ConditionerConfig(encoder="t5", t5_name=str(env["root"] / "t5"), output_dim=32, max_text_len=16,
+                                      cfg_dropout=0.2, word_dropout=0.2),
+        masking=MaskingConfig(span_len=3), decode=DecodeConfig(decoding_steps=(2, 1, 1, 1)),
+        optim=OptimConfig(lr=1e-3, warmup_steps=2),
+        train=TrainConfig(num_steps=steps, global_batch_size=8, log_every=1, eval_every=3, eval_batches=1,
+                          checkpoint_every=3, workdir=str(workdir), async_checkpointing=False, plot=False),
+        mesh=MeshConfig(data=-1),
+        data=DataConfig(source="tfds", dir=str(data_dir), segment_duration=0.6, frame_rate=50, min_segment_ratio=0.5,
+                        merge_text_p=0.5, drop_desc_p=0.5, drop_other_p=0.5, eval_fraction=0.25, num_threads=2))
+
+
+@pytest.fixture(scope="module")
+def token_dir(env, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    return prepare.tokenize(str(env["manifest"]), env["codec"], str(root), name="music", segment_s=1.0,
+                            min_segment_s=0.5, progress=False)
+
+
+def test_batches_crop_compose_and_resume(env, token_dir, tmp_path):
+    cfg = _cfg(env, token_dir, tmp_path)
+    tok = T5Tokenizer(env["root"] / "t5", max_length=16, padding="max_length")
+    data = TokenBatches(cfg, tok)
+    b = data.batch(0, 8, 0, 1)
+    assert b["codes"].shape == (8, 4, 30) and b["text_ids"].shape == (8, 16) and b["padding_mask"].shape == (8, 30)
+    assert b["codes"].max() < 64 and b["padding_mask"][:, :15].all()  # crops keep >= min_segment_ratio frames
+    it = data.iterator(8, 0, 1)
+    first = [next(it) for _ in range(3)]
+    state = it.get_state()
+    later = [next(it) for _ in range(2)]
+    resumed = data.iterator(8, 0, 1, state=state)
+    for want, step in zip(later, (3, 4)):
+        got = next(resumed)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+            np.testing.assert_array_equal(data.batch(step, 8, 0, 1)[k], want[k])  # random access agrees
+    np.testing.assert_array_equal(first[0]["codes"], b["codes"])
+    ev = data.eval_batch(0, 8)
+    assert ev["codes"].shape == (8, 4, 30)
+
+
+def test_two_hosts_read_disjoint_slices_that_cover_the_data(env, token_dir, tmp_path):
+    cfg = _cfg(env, token_dir, tmp_path)
+    tok = T5Tokenizer(env["root"] / "t5", max_length=16, padding="max_length")
+    hosts = [TokenBatches(cfg, tok, process_index=p, process_count=2) for p in range(2)]
+    seen = [{(str(ex["path"]), float(ex["offset_s"])) for ex in h.host_examples} for h in hosts]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    every = {(str(hosts[0].source[i]["path"]), float(hosts[0].source[i]["offset_s"]))
+             for i in range(hosts[0].num_train)}
+    assert seen[0] | seen[1] == every
+    assert hosts[0].batch(0, 8, 0, 2)["codes"].shape == (4, 4, 30)  # half the global batch per host
+
+
+def test_text_composition_follows_audiocraft():
+    info = {"description": "calm piano.", "genre": "jazz", "moods": ["soft", "warm"], "bpm": 90, "title": "x"}
+    rng = np.random.default_rng(0)
+    assert compose_description(info, rng) == "calm piano."  # no merge: the description only
+    texts = {compose_description(info, np.random.default_rng(s), merge_text_p=1.0, drop_desc_p=0.0, drop_other_p=1.0)
+             for s in range(20)}
+    assert all(t.startswith("calm piano. ") and "genre: jazz" in t and "moods: soft, warm" in t and "bpm: 90" in t
+               and "title" not in t for t in texts) and len(texts) > 1  # fields shuffled
+    assert compose_description(info, rng, merge_text_p=1.0, drop_desc_p=1.0, drop_other_p=0.0) is None
+    assert word_dropout("a b c d", 1.0, rng) == "" and word_dropout("a b", 0.0, rng) == "a b"
+
+
+def test_training_from_tokens_resumes_with_the_same_batches(env, token_dir, tmp_path):
+    full = train(_cfg(env, token_dir, tmp_path / "full"), progress=False)
+    part = train(_cfg(env, token_dir, tmp_path / "part"), progress=False, stop_after=3)
+    assert part.step == 3
+    resumed = train(_cfg(env, token_dir, tmp_path / "part"), progress=False)
+    assert resumed.step == 6
+    for a, b in zip(jax.tree.leaves(full.state.params), jax.tree.leaves(resumed.state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    rows = lambda d: [json.loads(l)["loss"] for l in open(d / "metrics.jsonl") if '"train"' in l]
+    assert rows(tmp_path / "full") == rows(tmp_path / "part")
+    assert np.isfinite(full.last_eval["ce_per_stage"]).all()
