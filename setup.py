@@ -26,6 +26,10 @@ setup(
         "soundfile==0.14.0",
         "soxr==1.1.0",
         "pyloudnorm==0.2.0",
+        # Datasets: TFDS folders of array_record shards, read with grain (no TensorFlow needed).
+        "tensorflow-datasets==4.9.10",
+        "array-record==0.8.6",
+        "grain==0.2.18",
     ],
     extras_require={
         # The PyTorch references of the parity tests; audiocraft itself is installed with

@@ -3,6 +3,7 @@
     magnet-jax train --config configs/quickstart.py [--config.train.lr=1e-4 ...]
     magnet-jax generate "80s disco with a funky bass" --model facebook/magnet-small-10secs --out disco.wav
     magnet-jax convert facebook/magnet-small-10secs
+    magnet-jax tokenize --source songs.jsonl --codec facebook/encodec_32khz --out data/ --name songs
 """
 from __future__ import annotations
 
@@ -70,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="python config file with get_config(), e.g. configs/quickstart.py")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
-    from magnet_jax.cli_generate import add_commands
+    from magnet_jax import cli_data, cli_generate
 
-    add_commands(sub)
+    cli_generate.add_commands(sub)
+    cli_data.add_commands(sub)
     return parser
 
 

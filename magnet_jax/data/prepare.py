@@ -6,7 +6,8 @@
 Files are cut into segments of `segment_s` seconds; a last piece shorter than `min_segment_s` is
 dropped (audiocraft's minimum-segment rule), as are files shorter than it. Unreadable, empty or
 too-short files are counted per reason and logged, never fatal. Work is split across processes
-and resumable (see `records.ChunkWriter`).
+and resumable (see `records.ChunkWriter`); process 0 assembles the dataset once every slice is
+written, so on a pod give it `wait_s` (or rerun it after the others finish).
 """
 from __future__ import annotations
 
@@ -103,7 +104,14 @@ def build_audio_dataset(source: str, root: str, *, name: str, sample_rate: int, 
         for it in chunk_items
         for s in segments_of(it, sample_rate=sample_rate, channels=channels, segment_s=segment_s,
                              min_segment_s=min_segment_s, skipped=skipped)))
-    out = writer.finalize(wait_s=wait_s, description=f"audio segments of {source} at {sample_rate} Hz")
+    return _finalize(writer, wait_s, f"audio segments of {source} at {sample_rate} Hz")
+
+
+def _finalize(writer: ChunkWriter, wait_s: float, description: str) -> Optional[str]:
+    """Process 0 assembles the dataset (after waiting up to `wait_s` for the others); the rest return None."""
+    if writer.process_index != 0:
+        return None
+    out = writer.finalize(wait_s=wait_s, description=description)
     return None if out is None else str(out)
 
 
@@ -198,6 +206,5 @@ def tokenize(source: str, codec, root: str, *, name: str, segment_s: float = 30.
                    "info": json.dumps(s.info)}
 
     _run_chunks(writer, items, progress, f"tokenize {name}", examples)
-    out = writer.finalize(wait_s=wait_s, description=f"EnCodec tokens ({codec.num_codebooks} x {codec.cardinality} "
-                                                     f"at {codec.frame_rate:g} Hz) of {source}")
-    return None if out is None else str(out)
+    return _finalize(writer, wait_s, f"EnCodec tokens ({codec.num_codebooks} x {codec.cardinality} at "
+                                     f"{codec.frame_rate:g} Hz) of {source}")
