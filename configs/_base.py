@@ -50,7 +50,7 @@ def released_lm(scale: str) -> LMConfig:
 
 
 def _released(name: str, scale: str, segment_duration: float, conditioner: ConditionerConfig,
-              optim: OptimConfig, decode: DecodeConfig, batch: int, num_steps: int) -> Config:
+              optim: OptimConfig, decode: DecodeConfig, batch: int, num_steps: int, data: dict) -> Config:
     return Config(
         name=name,
         lm=released_lm(scale),
@@ -66,7 +66,7 @@ def _released(name: str, scale: str, segment_duration: float, conditioner: Condi
             checkpoint_every=2000,
             workdir=f"runs/{name}",
         ),
-        data=DataConfig(segment_duration=segment_duration, frame_rate=50),
+        data=DataConfig(segment_duration=segment_duration, frame_rate=50, **data),
     )
 
 
@@ -90,11 +90,15 @@ def music(name: str, scale: str, segment_duration: float = 10.0) -> Config:
         name,
         scale,
         segment_duration,
-        conditioner=ConditionerConfig(encoder="t5", output_dim=768, max_text_len=256, cfg_dropout=0.3),  # t5-base
+        # text2music.yaml: t5-base, CFG dropout 0.3, word dropout 0.3.
+        conditioner=ConditionerConfig(encoder="t5", t5_name="t5-base", output_dim=768, max_text_len=256,
+                                      cfg_dropout=0.3, word_dropout=0.3),
         optim=_optim(optimizer="dadam", lr=1.0, schedule="cosine", warmup_steps=4000),
         decode=_decode(decoding_steps=(60, 10, 10, 10), temperature=3.0, top_p=0.9, max_cfg_coef=10.0),
         batch=192,
         num_steps=500 * 2000,
+        # musicgen/default.yaml crops (min_segment_ratio 0.8); text2music.yaml's metadata captions.
+        data=dict(min_segment_ratio=0.8, merge_text_p=0.25, drop_desc_p=0.5, drop_other_p=0.5),
     )
 
 
@@ -109,9 +113,11 @@ def audio(name: str, scale: str, segment_duration: float = 10.0) -> Config:
         scale,
         segment_duration,
         # text2sound.yaml: t5-large (width 1024), CFG dropout 0.1.
-        conditioner=ConditionerConfig(encoder="t5", output_dim=1024, max_text_len=256, cfg_dropout=0.1),
+        conditioner=ConditionerConfig(encoder="t5", t5_name="t5-large", output_dim=1024, max_text_len=256,
+                                      cfg_dropout=0.1),
         optim=_optim(optimizer="adamw", lr=5e-4, schedule="inverse_sqrt", warmup_steps=3000),
         decode=_decode(decoding_steps=(20, 10, 10, 10), temperature=3.5, top_p=0.8, max_cfg_coef=20.0),
         batch=128,
         num_steps=100 * 2000,
+        data=dict(min_segment_ratio=1.0),  # whole segments, captions only (no metadata merging)
     )

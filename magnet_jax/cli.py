@@ -30,7 +30,7 @@ def _train(args, overrides: List[str]) -> int:
         print(f"step {result.step}: held-out CE per stage {fmt(ev['ce_per_stage'])} nats; "
               f"without the caption {fmt(ev['ce_per_stage_null_text'])}; "
               f"unigram baseline {fmt(base.get('unigram_nats', []))}, noise floor {base.get('floor_nats', float('nan')):.3f}")
-    if cfg.data.source == "synthetic" and jax.process_index() == 0:
+    if cfg.data.kind == "synthetic" and jax.process_index() == 0:
         _sample_after_training(cfg, result)
     print(f"run directory: {result.workdir}")
     if result.plot_path:

@@ -35,6 +35,7 @@ def add_commands(sub) -> None:
     t.add_argument("--process-count", type=int, default=None)
     t.add_argument("--wait", type=float, default=0.0,
                    help="seconds process 0 waits for the other processes' slices before assembling the dataset")
+    t.add_argument("--overwrite", action="store_true", help="rebuild a finished dataset of that name")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=run_tokenize)
 
@@ -57,11 +58,15 @@ def run_tokenize(args, overrides: List[str]) -> int:
 
     from magnet_jax.data import prepare
 
+    if args.process_index is None:  # on a pod / cluster: this host's index from the job's environment
+        from magnet_jax.parallel.distributed import maybe_initialize
+
+        maybe_initialize()
     pidx = jax.process_index() if args.process_index is None else args.process_index
     pcount = jax.process_count() if args.process_count is None else args.process_count
     common = dict(name=args.name, segment_s=args.segment_duration, min_segment_s=args.min_segment_duration,
                   chunk_size=args.chunk_size, process_index=pidx, process_count=pcount, wait_s=args.wait,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, overwrite=args.overwrite)
     if args.audio_only:
         out = prepare.build_audio_dataset(args.source, args.out, sample_rate=args.sample_rate,
                                           channels=args.channels, **common)

@@ -159,7 +159,8 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: str = "synthetic"  # 'synthetic' (embedded procedural dataset) | 'tfds' (a token dataset at `dir`)
+    # 'synthetic' (embedded procedural dataset) | 'tfds' (a token dataset at `dir`) | 'auto' (tfds iff dir is set)
+    source: str = "auto"
     dir: str = ""  # 'tfds': the dataset folder written by `magnet-jax tokenize`
     segment_duration: float = 10.0  # seconds
     frame_rate: int = 50  # codec frames per second
@@ -177,6 +178,13 @@ class DataConfig:
     @property
     def num_frames(self) -> int:
         return int(round(self.segment_duration * self.frame_rate))
+
+    @property
+    def kind(self) -> str:
+        """The data source in use: `source`, with 'auto' resolved by whether `dir` is set."""
+        if self.source == "auto":
+            return "tfds" if self.dir else "synthetic"
+        return self.source
 
 
 @dataclasses.dataclass(frozen=True)

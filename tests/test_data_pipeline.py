@@ -1,5 +1,6 @@
 """Real-data plumbing end to end: audio folders in both layouts -> TFDS audio segments -> EnCodec
 tokens (sharded, resumable) -> grain batches -> training that resumes with the same batches."""
+import dataclasses
 import json
 
 import jax
@@ -168,3 +169,39 @@ def test_training_from_tokens_resumes_with_the_same_batches(env, token_dir, tmp_
     rows = lambda d: [json.loads(l)["loss"] for l in open(d / "metrics.jsonl") if '"train"' in l]
     assert rows(tmp_path / "full") == rows(tmp_path / "part")
     assert np.isfinite(full.last_eval["ce_per_stage"]).all()
+
+
+def test_sound_dataset_through_the_cli_with_a_16khz_codec(env, tmp_path):
+    """audio-MAGNeT's path: a caption folder (32 kHz files, resampled) -> `magnet-jax tokenize` with a
+    16 kHz codec (hop 320, 50 Hz) -> training with data.dir alone selecting the token dataset."""
+    from magnet_jax import cli
+    from magnet_jax.data.records import dataset_facts
+
+    make_encodec(tmp_path / "codec16", codebook_size=64, sampling_rate=16000, upsampling_ratios=[8, 5, 4, 2])
+    argv = ["tokenize", "--source", str(env["folder"]), "--codec", str(tmp_path / "codec16"), "--out",
+            str(tmp_path / "data"), "--name", "sounds", "--segment-duration", "0.6", "--min-segment-duration", "0.6",
+            "--chunk-size", "2", "--no-progress"]
+    assert cli.main(argv) == 0
+    out = tmp_path / "data" / "sounds"
+    facts = dataset_facts(str(out))
+    assert facts["sample_rate"] == 16000 and facts["frame_rate"] == 50 and facts["num_codebooks"] == 4
+    stats = json.loads((out / "1.0.0" / "magnet_jax_stats.json").read_text())
+    assert (stats["unreadable"], stats["empty"], stats["too_short"], stats["examples"]) == (1, 1, 1, 8)
+    ds = open_dataset(str(out))
+    assert {np.asarray(ds[i]["codes"]).shape for i in range(len(ds))} == {(4, 30)}  # 2 x 0.6 s per 1.2 s file
+    before = (out / "1.0.0" / "dataset_info.json").stat().st_mtime_ns
+    assert cli.main(argv) == 0  # a finished dataset is kept as it is
+    assert (out / "1.0.0" / "dataset_info.json").stat().st_mtime_ns == before
+    assert cli.main(argv + ["--overwrite"]) == 0  # rebuilt from scratch, nothing doubled
+    assert len(open_dataset(str(out))) == 8
+
+    base = _cfg(env, "", tmp_path / "run", steps=3)
+    data = dataclasses.replace(base.data, source="auto", dir=str(out), merge_text_p=0.0, min_segment_ratio=1.0,
+                               eval_fraction=0.25)
+    cfg = dataclasses.replace(base, data=data)
+    result = train(cfg, progress=False)
+    assert result.step == 3 and np.isfinite(result.last_train["loss"])
+    wrong_rate = dataclasses.replace(cfg, data=dataclasses.replace(data, frame_rate=25),
+                                     train=dataclasses.replace(cfg.train, workdir=str(tmp_path / "run25")))
+    with pytest.raises(ValueError, match="frame_rate"):
+        train(wrong_rate, progress=False)

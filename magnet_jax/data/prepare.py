@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from magnet_jax.data.audio_io import AudioError, read_audio
-from magnet_jax.data.records import ChunkWriter, open_dataset
+from magnet_jax.data.records import ChunkWriter, finished_dataset, open_dataset
 from magnet_jax.data.sources import AudioItem, load_source
 
 log = logging.getLogger(__name__)
@@ -94,24 +94,38 @@ def _progress(total: int, desc: str, enabled: bool):
 def build_audio_dataset(source: str, root: str, *, name: str, sample_rate: int, channels: int = 1,
                         segment_s: float = 30.0, min_segment_s: float = 1.0, chunk_size: int = 32,
                         process_index: int = 0, process_count: int = 1, wait_s: float = 0.0,
-                        progress: bool = True) -> Optional[str]:
+                        progress: bool = True, overwrite: bool = False) -> Optional[str]:
     """Segments of every file as a TFDS dataset `<root>/<name>` (int16 audio [C, N] + metadata)."""
+    done = _already_done(root, name, overwrite)
+    if done:
+        return done
     items = load_source(source)
     writer = ChunkWriter(root, name, audio_features(channels), num_items=len(items), chunk_size=chunk_size,
-                         process_index=process_index, process_count=process_count)
+                         process_index=process_index, process_count=process_count,
+                         plan=dict(source=str(source), sample_rate=sample_rate, channels=channels, segment_s=segment_s,
+                                   min_segment_s=min_segment_s))
     _run_chunks(writer, items, progress, f"segments {name}", lambda chunk_items, skipped: (
         {"audio": _to_int16(s.audio), "path": s.path, "offset_s": s.offset_s, "info": json.dumps(s.info)}
         for it in chunk_items
         for s in segments_of(it, sample_rate=sample_rate, channels=channels, segment_s=segment_s,
                              min_segment_s=min_segment_s, skipped=skipped)))
-    return _finalize(writer, wait_s, f"audio segments of {source} at {sample_rate} Hz")
+    return _finalize(writer, wait_s, f"audio segments of {source} at {sample_rate} Hz",
+                     dict(sample_rate=sample_rate, channels=channels, segment_s=segment_s, min_segment_s=min_segment_s))
 
 
-def _finalize(writer: ChunkWriter, wait_s: float, description: str) -> Optional[str]:
+def _already_done(root: str, name: str, overwrite: bool) -> Optional[str]:
+    done = finished_dataset(root, name)
+    if done is None or overwrite:
+        return None
+    log.info("%s is already complete: kept as it is (overwrite=True, --overwrite on the CLI, rebuilds it)", done)
+    return str(done)
+
+
+def _finalize(writer: ChunkWriter, wait_s: float, description: str, facts: Dict[str, Any]) -> Optional[str]:
     """Process 0 assembles the dataset (after waiting up to `wait_s` for the others); the rest return None."""
     if writer.process_index != 0:
         return None
-    out = writer.finalize(wait_s=wait_s, description=description)
+    out = writer.finalize(wait_s=wait_s, description=description, facts=facts)
     return None if out is None else str(out)
 
 
@@ -189,15 +203,21 @@ def encode_segments(codec, segments: List[Segment], batch_size: int) -> Iterator
 
 def tokenize(source: str, codec, root: str, *, name: str, segment_s: float = 30.0, min_segment_s: float = 1.0,
              chunk_size: int = 32, batch_size: int = 8, process_index: int = 0, process_count: int = 1,
-             wait_s: float = 0.0, progress: bool = True) -> Optional[str]:
+             wait_s: float = 0.0, progress: bool = True, overwrite: bool = False) -> Optional[str]:
     """EnCodec tokens of every segment as a TFDS dataset `<root>/<name>` (int16 codes [K, T] + metadata).
 
     source: an audio source (manifest / folder) or a dataset made by `build_audio_dataset`.
+    A finished dataset of that name is kept as it is unless `overwrite`.
     """
+    done = _already_done(root, name, overwrite)
+    if done:
+        return done
     items, segs = _source_segments(source, sample_rate=codec.sample_rate, channels=codec.channels,
                                    segment_s=segment_s, min_segment_s=min_segment_s)
     writer = ChunkWriter(root, name, token_features(codec.num_codebooks), num_items=len(items),
-                         chunk_size=chunk_size, process_index=process_index, process_count=process_count)
+                         chunk_size=chunk_size, process_index=process_index, process_count=process_count,
+                         plan=dict(source=str(source), sample_rate=codec.sample_rate, num_codebooks=codec.num_codebooks,
+                                   segment_s=segment_s, min_segment_s=min_segment_s))
 
     def examples(chunk_items, skipped):
         segments = [s for it in chunk_items for s in segs(it, skipped)]
@@ -207,4 +227,7 @@ def tokenize(source: str, codec, root: str, *, name: str, segment_s: float = 30.
 
     _run_chunks(writer, items, progress, f"tokenize {name}", examples)
     return _finalize(writer, wait_s, f"EnCodec tokens ({codec.num_codebooks} x {codec.cardinality} at "
-                                     f"{codec.frame_rate:g} Hz) of {source}")
+                                     f"{codec.frame_rate:g} Hz) of {source}",
+                     dict(sample_rate=codec.sample_rate, channels=codec.channels, frame_rate=float(codec.frame_rate),
+                          num_codebooks=codec.num_codebooks, cardinality=codec.cardinality, segment_s=segment_s,
+                          min_segment_s=min_segment_s))

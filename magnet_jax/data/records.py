@@ -23,12 +23,13 @@ from typing import Any, Dict, Iterable, List, Optional
 
 log = logging.getLogger(__name__)
 VERSION = "1.0.0"
+FACTS_FILE = "magnet_jax_facts.json"
 _TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
 class ChunkWriter:
     def __init__(self, root: str, name: str, features, *, num_items: int, chunk_size: int = 64,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, plan: Optional[Dict[str, Any]] = None):
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
         self.root, self.name, self.features = Path(root), name, features
@@ -36,11 +37,11 @@ class ChunkWriter:
         self.work.mkdir(parents=True, exist_ok=True)
         self.num_items, self.chunk_size = num_items, chunk_size
         self.process_index, self.process_count = process_index, process_count
-        self._check_plan()
+        self._check_plan(plan or {})
 
-    def _check_plan(self) -> None:
-        """A resumed run must cut the items into the same chunks."""
-        plan = {"num_items": self.num_items, "chunk_size": self.chunk_size}
+    def _check_plan(self, extra: Dict[str, Any]) -> None:
+        """A resumed run must cut the same items into the same chunks (and make them the same way)."""
+        plan = {"num_items": self.num_items, "chunk_size": self.chunk_size, **extra}
         path = self.work / "plan.json"
         if path.is_file():
             saved = json.loads(path.read_text())
@@ -97,9 +98,11 @@ class ChunkWriter:
     def missing(self) -> List[int]:
         return [c for c in range(self.num_chunks) if not self.is_done(c)]
 
-    def finalize(self, *, wait_s: float = 0.0, description: str = "") -> Optional[Path]:
+    def finalize(self, *, wait_s: float = 0.0, description: str = "",
+                 facts: Optional[Dict[str, Any]] = None) -> Optional[Path]:
         """Turns the finished chunks into the TFDS dataset; None (with a log line) if chunks of other
-        processes are still missing after `wait_s` seconds."""
+        processes are still missing after `wait_s` seconds. `facts` (e.g. the codec's frame rate)
+        are saved beside the data (`FACTS_FILE`) for readers to check against their config."""
         import tensorflow_datasets as tfds
 
         deadline = time.time() + wait_s
@@ -111,8 +114,6 @@ class ChunkWriter:
                      len(missing), missing[:5])
             return None
         out = self.root / self.name / VERSION
-        if out.exists():
-            shutil.rmtree(out)
         tmp = self.root / self.name / f"{VERSION}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -133,7 +134,14 @@ class ChunkWriter:
             split_infos=[tfds.core.SplitInfo(name="train", shard_lengths=shard_lengths, num_bytes=num_bytes)],
             description=description)
         _atomic_write_text(tmp / "magnet_jax_stats.json", json.dumps(self.stats(), indent=1))
+        if facts:
+            _atomic_write_text(tmp / FACTS_FILE, json.dumps(facts, indent=1))
+        old = self.root / self.name / f"{VERSION}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():  # a dataset being rebuilt stays whole until the new one is complete
+            os.replace(out, old)
         os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(self.work)
         return out
 
@@ -144,14 +152,31 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def open_dataset(path: str):
-    """A finished dataset folder (`<root>/<name>` or `<root>/<name>/1.0.0`) as a TFDS data source."""
-    import tensorflow_datasets as tfds
+def finished_dataset(root: str, name: str) -> Optional[Path]:
+    """`<root>/<name>/1.0.0` if a run finished it (and none is under way there), else None."""
+    out = Path(root) / name / VERSION
+    return out if (out / "dataset_info.json").is_file() and not (Path(root) / name / "_work").is_dir() else None
 
+
+def dataset_folder(path: str) -> Path:
+    """The version folder of a finished dataset given as `<root>/<name>` or `<root>/<name>/1.0.0`."""
     p = Path(os.path.expanduser(path))
     if (p / VERSION / "dataset_info.json").is_file():
         p = p / VERSION
     if not (p / "dataset_info.json").is_file():
         hint = " (a run is unfinished: rerun the command to complete it)" if (p / "_work").is_dir() else ""
         raise FileNotFoundError(f"{path} is not a finished dataset{hint}")
-    return tfds.builder_from_directory(str(p)).as_data_source(split="train")
+    return p
+
+
+def open_dataset(path: str):
+    """A finished dataset folder as a TFDS data source (random access, no TensorFlow)."""
+    import tensorflow_datasets as tfds
+
+    return tfds.builder_from_directory(str(dataset_folder(path))).as_data_source(split="train")
+
+
+def dataset_facts(path: str) -> Dict[str, Any]:
+    """What the writer recorded about the data (e.g. the codec's frame rate); {} if nothing."""
+    f = dataset_folder(path) / FACTS_FILE
+    return json.loads(f.read_text()) if f.is_file() else {}

@@ -44,11 +44,11 @@ class TrainResult:
 
 
 def make_data_source(cfg: Config):
-    if cfg.data.source == "synthetic":
+    if cfg.data.kind == "synthetic":
         from magnet_jax.data.synthetic import SyntheticMusicTokens
 
         return SyntheticMusicTokens.from_config(cfg.data, cfg.lm, cfg.conditioner)
-    if cfg.data.source == "tfds":
+    if cfg.data.kind == "tfds":
         from magnet_jax.data.input_pipeline import TokenBatches
         from magnet_jax.text.tokenizer import T5Tokenizer
 
@@ -58,7 +58,7 @@ def make_data_source(cfg: Config):
             raise ValueError("data.source='tfds' needs data.dir, the folder written by `magnet-jax tokenize`")
         tokenizer = T5Tokenizer(t5_folder(cfg), max_length=cfg.conditioner.max_text_len, padding="max_length")
         return TokenBatches(cfg, tokenizer, process_index=jax.process_index(), process_count=jax.process_count())
-    raise ValueError(f"data.source={cfg.data.source!r}: use 'synthetic' or 'tfds'.")
+    raise ValueError(f"data.source={cfg.data.source!r}: use 'auto', 'synthetic' or 'tfds'.")
 
 
 def t5_folder(cfg: Config):
