@@ -42,16 +42,16 @@ def _cpu_matmul_peak_tflops(n=1024, reps=5):
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
-def main():
-    args, overrides = _parse()
-    if args.fake_devices:
-        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.fake_devices}"
+def measure_train_step(cfg, *, steps: int = 10, mesh: str = "", compile_only: bool = False,
+                       peak_tflops_override: float = 0.0):
+    """Compiles `cfg`'s train step on its mesh (`mesh`, e.g. "data=2,fsdp=4", overrides the config's) and
+    times `steps` steps after one warm-up step. Returns a dict of the measurements (step_s is None when
+    `compile_only`)."""
     import dataclasses
 
     import jax
     import numpy as np
 
-    from magnet_jax.config_io import load_config
     from magnet_jax.parallel.logical import axis_rules
     from magnet_jax.parallel.mesh import make_mesh
     from magnet_jax.train.flops import peak_tflops, train_step_flops
@@ -59,9 +59,8 @@ def main():
     from magnet_jax.train.state import build_train_state
     from magnet_jax.train.trainer import compile_train_step, make_data_source, to_global
 
-    cfg = load_config(args.config, overrides)
-    if args.mesh:
-        sizes = dict(kv.split("=") for kv in args.mesh.split(","))
+    if mesh:
+        sizes = dict(kv.split("=") for kv in mesh.split(","))
         cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, **{k: int(v) for k, v in sizes.items()}))
     sizes = (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     devices = jax.devices()[:int(np.prod(sizes))] if min(sizes) > 0 else None  # a sub-mesh is fine here
@@ -78,42 +77,56 @@ def main():
         t0 = time.perf_counter()
         compiled = step.lower(state, batches[0], key).compile()
         compile_s = time.perf_counter() - t0
-        if args.compile_only:
-            mem = compiled.memory_analysis()
-            state_mb = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state)) / 2**20
-            print(f"train_step config={cfg.name} mesh={dict(mesh.shape)} compile={compile_s:.1f}s per-device: "
-                  f"params+opt state={state_mb:.1f}MiB, compiled arguments="
-                  f"{mem.argument_size_in_bytes / 2**20:.1f}MiB, temp={mem.temp_size_in_bytes / 2**20:.1f}MiB")
-            return
+        mem = compiled.memory_analysis()
+        # parameters + optimizer state (+ EMA) held by one device
+        state_mb = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state)) / 2**20
+        out = dict(cfg=cfg, mesh_shape=dict(mesh.shape), devices=mesh.size, device_kind=jax.devices()[0].device_kind,
+                   global_batch=g, compile_s=compile_s, state_mb=state_mb,
+                   arg_mb=getattr(mem, "argument_size_in_bytes", 0) / 2**20,
+                   temp_mb=getattr(mem, "temp_size_in_bytes", 0) / 2**20, step_s=None)
+        if compile_only:
+            return out
         state, m = compiled(state, batches[0], key)  # warm-up
         jax.block_until_ready(m)
         t0 = time.perf_counter()
-        for i in range(args.steps):
+        for i in range(steps):
             state, m = compiled(state, batches[i % 2], jax.random.fold_in(key, i))
         jax.block_until_ready((state, m))
-        dt = (time.perf_counter() - t0) / args.steps
-    n_dev = mesh.size
-    tokens = g * cfg.data.num_frames
+        dt = (time.perf_counter() - t0) / steps
     flops = train_step_flops(cfg, g, cfg.conditioner.max_text_len)
-    kind = jax.devices()[0].device_kind
-    peak = args.peak_tflops or peak_tflops(kind)
+    peak = peak_tflops_override or peak_tflops(out["device_kind"])
     if peak is not None:
-        total_peak, peak_label = peak * n_dev, f"{peak:.0f} TFLOP/s/device spec"
+        total_peak, peak_label = peak * mesh.size, f"{peak:.0f} TFLOP/s/device spec"
     else:  # CPU (fake devices share the same cores): the whole host's measured matmul rate
         total_peak = _cpu_matmul_peak_tflops()
         peak_label = f"host fp32 matmul measured {total_peak:.2f} TFLOP/s"
-    mfu = flops / dt / (total_peak * 1e12)
-    mem = compiled.memory_analysis()
-    arg_mb = getattr(mem, "argument_size_in_bytes", 0) / 2**20
-    temp_mb = getattr(mem, "temp_size_in_bytes", 0) / 2**20
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    # parameters + optimizer state (+ EMA) held by one device
-    state_mb = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state)) / 2**20
-    print(f"train_step config={cfg.name} mesh={dict(mesh.shape)} devices={n_dev} ({kind}) params={n_params/1e6:.2f}M "
-          f"batch={g} T={cfg.data.num_frames} compile={compile_s:.1f}s step={dt*1e3:.1f}ms "
-          f"frames/s={tokens/dt:,.0f} tokens/s={tokens*cfg.lm.n_q/dt:,.0f} model_TFLOP/step={flops/1e12:.3f} MFU={100*mfu:.1f}% "
-          f"({peak_label}) per-device: params+opt state={state_mb:.2f}MiB, "
-          f"compiled arguments={arg_mb:.2f}MiB, temp={temp_mb:.1f}MiB")
+    out.update(step_s=dt, flops=flops, mfu=flops / dt / (total_peak * 1e12), peak_label=peak_label,
+               n_params=n_params, state_mb=sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state)) / 2**20)
+    return out
+
+
+def main():
+    args, overrides = _parse()
+    if args.fake_devices:
+        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.fake_devices}"
+    from magnet_jax.config_io import load_config
+
+    r = measure_train_step(load_config(args.config, overrides), steps=args.steps, mesh=args.mesh,
+                           compile_only=args.compile_only, peak_tflops_override=args.peak_tflops)
+    cfg, g, dt = r["cfg"], r["global_batch"], r["step_s"]
+    if args.compile_only:
+        print(f"train_step config={cfg.name} mesh={r['mesh_shape']} compile={r['compile_s']:.1f}s per-device: "
+              f"params+opt state={r['state_mb']:.1f}MiB, compiled arguments="
+              f"{r['arg_mb']:.1f}MiB, temp={r['temp_mb']:.1f}MiB")
+        return
+    tokens = g * cfg.data.num_frames
+    print(f"train_step config={cfg.name} mesh={r['mesh_shape']} devices={r['devices']} ({r['device_kind']}) "
+          f"params={r['n_params']/1e6:.2f}M batch={g} T={cfg.data.num_frames} compile={r['compile_s']:.1f}s "
+          f"step={dt*1e3:.1f}ms frames/s={tokens/dt:,.0f} tokens/s={tokens*cfg.lm.n_q/dt:,.0f} "
+          f"model_TFLOP/step={r['flops']/1e12:.3f} MFU={100*r['mfu']:.1f}% ({r['peak_label']}) per-device: "
+          f"params+opt state={r['state_mb']:.2f}MiB, compiled arguments={r['arg_mb']:.2f}MiB, "
+          f"temp={r['temp_mb']:.1f}MiB")
 
 
 if __name__ == "__main__":

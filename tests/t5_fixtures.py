@@ -3,6 +3,7 @@ sentencepiece tokenizer (no download), in the layout of the hub's t5-base."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 _CORPUS = [
     "80s disco with a funky bass", "slow jazz with piano and soft drums", "fast techno with dark synth",
@@ -12,20 +13,29 @@ _CORPUS = [
 ]
 
 
-def make_tokenizer(folder: Path, vocab_size: int = 64) -> None:
+def make_tokenizer(folder: Path, texts: Sequence[str] = tuple(_CORPUS * 4), vocab_size: int = 64,
+                   extra_ids: int = 0) -> None:
+    """A sentencepiece unigram model trained on `texts`, saved as a transformers T5 tokenizer in
+    t5-base's layout (<pad>=0, </s>=1, <unk>=2, the pieces, then `extra_ids` sentinels; the
+    model's normaliser)."""
     import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
     from transformers import T5Tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     corpus = folder / "corpus.txt"
-    corpus.write_text("\n".join(_CORPUS * 4))
+    corpus.write_text("\n".join(texts))
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "spm"), vocab_size=vocab_size,
-                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                   character_coverage=1.0, minloglevel=2)
-    tok = T5Tokenizer(vocab_file=str(folder / "spm.model"), extra_ids=0, legacy=False)
-    tok.save_pretrained(str(folder))
-    corpus.unlink()
-    for f in ("spm.model", "spm.vocab"):
+                                   hard_vocab_limit=False, model_type="unigram", pad_id=0, eos_id=1, unk_id=2,
+                                   bos_id=-1, character_coverage=1.0, minloglevel=2)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((folder / "spm.model").read_bytes())
+    # transformers 5's T5Tokenizer takes the vocabulary itself: a `vocab_file` is ignored there
+    # (every word would become <unk>).
+    vocab = [(p.piece, p.score) for p in proto.pieces] + [(f"<extra_id_{i}>", 0.0) for i in reversed(range(extra_ids))]
+    T5Tokenizer(vocab=vocab, extra_ids=extra_ids, legacy=False,
+                _spm_precompiled_charsmap=proto.normalizer_spec.precompiled_charsmap).save_pretrained(str(folder))
+    for f in ("corpus.txt", "spm.model", "spm.vocab"):
         (folder / f).unlink()
 
 

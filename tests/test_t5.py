@@ -11,7 +11,7 @@ from magnet_jax.text.t5 import relative_position_buckets
 from magnet_jax.text.tokenizer import T5Tokenizer
 
 from tests.reference import require
-from tests.t5_fixtures import make_t5
+from tests.t5_fixtures import make_t5, make_tokenizer
 
 torch = require("torch")
 require("transformers")
@@ -66,3 +66,23 @@ def test_missing_extra_and_no_config(tmp_path):
         load_t5_encoder(tmp_path)
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_t5_encoder(tmp_path / "nowhere")
+
+
+def test_tokenizer_knows_the_words_and_pads(tmp_path):
+    from magnet_jax.text.tokenizer import T5Tokenizer
+
+    make_tokenizer(tmp_path)
+    tok = T5Tokenizer(tmp_path, max_length=64)
+    assert tok._fast is not None  # the direct path reproduced transformers' own call
+    ids, mask = tok(["slow jazz with piano", "rain"])
+    unk = tok._tok.unk_token_id
+    assert ids.shape == mask.shape and ids.dtype == np.int32 and (ids[mask == 1] != unk).all()
+    assert tok._tok.decode(ids[0][mask[0] == 1], skip_special_tokens=True) == "slow jazz with piano"
+    assert mask[1].sum() < mask[0].sum() and ids.shape[1] == mask[0].sum()  # 'longest': the batch's longest
+    fixed = T5Tokenizer(tmp_path, max_length=12, padding="max_length")
+    long_ids, long_mask = fixed(["a dog barks " * 20, ""])
+    assert long_ids.shape == (2, 12) and long_mask[0].all() and long_ids[0, -1] == tok._tok.eos_token_id
+    assert long_mask[1].tolist() == [1] + [0] * 11  # an empty caption is just </s>
+    fixed._fast = None  # the tokenizer's own call gives the same
+    for a, b in zip(fixed(["a dog barks " * 20, ""]), (long_ids, long_mask)):
+        np.testing.assert_array_equal(a, b)

@@ -3,8 +3,8 @@
     codes = codec.encode(wav)      # wav float32 [B, C, N] at codec.sample_rate -> int32 [B, K, T]
     wav = codec.decode(codes)      # -> float32 [B, C, T * hop]
 
-Both are jitted once per input shape (`encode`/`decode` compile and cache; `encode_long`
-processes long audio in fixed chunks so one program serves any length).
+Both are jitted once per input shape; `encode_long`/`decode_long` process long audio in fixed
+chunks with context on each side, so one compiled program serves any length.
 """
 from __future__ import annotations
 
@@ -121,6 +121,22 @@ class EncodecModel(nnx.Module):
         for i, t in enumerate(frames):
             codes[i, :, t:] = 0
         return codes, frames
+
+    def encode_long(self, wav, chunk_frames: int = 1500, context_frames: int = 25) -> np.ndarray:
+        """Encodes long audio [B, C, N] chunk by chunk (`chunk_frames` frames each, with
+        `context_frames` frames of audio on each side whose codes are discarded), so every chunk
+        has one compiled shape; codes differ from a whole-file encode only where the cut LSTM
+        memory matters, near the joins."""
+        wav = np.asarray(wav, np.float32)
+        hop = self.config.hop_length
+        t = -(-wav.shape[-1] // hop)
+        if t <= chunk_frames:
+            return np.asarray(self.encode(wav))
+        c = context_frames
+        padded = np.pad(wav, ((0, 0), (0, 0), (c * hop, (c + chunk_frames) * hop)))
+        out = [np.asarray(self.encode(padded[..., start * hop: (start + chunk_frames + 2 * c) * hop]))[..., c: c + chunk_frames]
+               for start in range(0, t, chunk_frames)]
+        return np.concatenate(out, axis=-1)[..., :t]
 
     def decode_long(self, codes, chunk_frames: int = 500, context_frames: int = 25) -> np.ndarray:
         """Decodes long code sequences chunk by chunk with `context_frames` of context on each side

@@ -8,6 +8,10 @@ word-dropped (see `text.py`), then batched and T5-tokenised to a fixed length (s
 Every random choice is a function of (seed, example position), so batch `step` is the same
 whoever asks for it; the grain iterator's state (its position) is saved in checkpoints and a
 resumed run continues with exactly the batches an uninterrupted run would have seen.
+
+Speed (bench/data.py): examples are decoded straight from their protos (`_Records`, checked at
+start-up to give exactly what tfds's decoding gives, which is used otherwise); captions go
+through the T5 tokenizer's direct Rust path (`magnet_jax.text.tokenizer`).
 """
 from __future__ import annotations
 
@@ -17,12 +21,76 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from magnet_jax.config import Config
-from magnet_jax.data.records import open_dataset
+from magnet_jax.data.records import dataset_facts, open_dataset
 from magnet_jax.data.text import compose_description, word_dropout
 
 
 def _text(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _same(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, np.ndarray):
+            if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(x, y):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+class _Records:
+    """`source[i]` of a token dataset (a tfds array_record source) without tfds's generic per-feature
+    decoding, several times faster: the same keys, values and types (codes int16 [K, T], path and
+    info bytes, offset_s float). `of(source)` is None unless the dataset has exactly the token layout
+    and the first example decodes the same both ways."""
+
+    def __init__(self, source, n_q: int):
+        self._raw, self._n_q = source.data_source, n_q
+        self._set_parser()
+
+    def _set_parser(self) -> None:
+        from tensorflow_datasets.proto import tf_example_pb2
+
+        self._parse = tf_example_pb2.Example.FromString
+
+    def __getstate__(self):  # picklable for grain's worker processes
+        return {"_raw": self._raw, "_n_q": self._n_q}
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state)
+        self._set_parser()
+
+    @classmethod
+    def of(cls, source) -> Optional["_Records"]:
+        try:
+            spec = {k: (type(v).__name__, tuple(v.shape), np.dtype(v.np_dtype))
+                    for k, v in source.dataset_info.features.items()}
+            if set(spec) != {"codes", "path", "offset_s", "info"} or source.decoders:
+                return None
+            kind, shape, dtype = spec["codes"]
+            if (kind, len(shape), shape[1], dtype) != ("Tensor", 2, None, np.int16) or shape[0] is None or \
+                    spec["offset_s"] != ("Tensor", (), np.float32) or \
+                    spec["path"][0] != "Text" or spec["info"][0] != "Text":
+                return None
+            records = cls(source, shape[0])
+            return records if len(source) and _same(records[0], dict(source[0])) else None
+        except Exception:  # another tfds layout or version: the plain path
+            return None
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        f = self._parse(self._raw[i]).features.feature
+        return {"codes": np.array(f["codes"].int64_list.value, np.int16).reshape(self._n_q, -1),
+                "path": f["path"].bytes_list.value[0], "offset_s": f["offset_s"].float_list.value[0],
+                "info": f["info"].bytes_list.value[0]}
 
 
 class TokenBatches:
@@ -42,7 +110,8 @@ class TokenBatches:
         self.process_index, self.process_count = process_index, process_count
         if self.num_train < process_count:
             raise ValueError(f"{d.dir} has {self.num_train} training examples, fewer than the {process_count} processes")
-        train = grain.MapDataset.source(self.source)[: self.num_train]
+        self.records = _Records.of(self.source) or self.source
+        train = grain.MapDataset.source(self.records)[: self.num_train]
         self.host_examples = train[process_index::process_count]
         per_host = cfg.train.global_batch_size // process_count
         self.dataset = (self.host_examples.shuffle(seed=d.seed).repeat()
@@ -52,6 +121,10 @@ class TokenBatches:
         self._check_example()
 
     def _check_example(self) -> None:
+        facts, d = dataset_facts(self.cfg.data.dir), self.cfg.data
+        if "frame_rate" in facts and abs(facts["frame_rate"] - d.frame_rate) > 1e-6:
+            raise ValueError(f"{d.dir} holds codes at {facts['frame_rate']:g} Hz but data.frame_rate={d.frame_rate}: "
+                             "set --config.data.frame_rate to the codec's frame rate (or retokenise)")
         codes = np.asarray(self.source[0]["codes"])
         if codes.ndim != 2 or codes.shape[0] != self.n_q:
             raise ValueError(f"{self.cfg.data.dir} holds codes of shape {codes.shape}, the LM models "
@@ -95,13 +168,27 @@ class TokenBatches:
         return self.dataset[step]
 
     def iterator(self, global_batch: int, process_index: int, process_count: int, state: Optional[Dict] = None,
-                 *, threads: Optional[int] = None, prefetch: int = 4):
-        """A prefetching grain iterator over this host's batches; `state` resumes it."""
+                 *, threads: Optional[int] = None, prefetch: Optional[int] = None, workers: int = 0):
+        """A prefetching grain iterator over this host's batches; `state` resumes it. `prefetch` batches
+        are read ahead (default: one per thread, fewer would leave threads idle).
+
+        workers > 0: the batches are made in that many processes (grain's `mp_prefetch`, each with
+        `threads` threads), past the GIL that bounds the threads of one process; the batches are the
+        same, in the same order, but the state has another form (resume with the same `workers`).
+        Close such an iterator (`it.close()`) when done with it."""
         import grain
 
         self._check_layout(global_batch, process_index, process_count)
         threads = self.cfg.data.num_threads if threads is None else threads
-        it = iter(self.dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)))
+        prefetch = max(threads, 1) if prefetch is None else prefetch
+        ds = self.dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
+        if workers > 0:
+            from absl import flags
+
+            if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app none were parsed
+                flags.FLAGS.mark_as_parsed()
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+        it = iter(ds)
         if state is not None:
             it.set_state(state)
         return it
@@ -118,7 +205,7 @@ class TokenBatches:
         rows = [self.num_train + (i * global_batch + j) % self.num_eval for j in range(global_batch)]
         items = []
         for r in rows:
-            ex = self.source[r]
+            ex = self.records[r]
             out = self._crop(np.asarray(ex["codes"]), 0)
             out["text"] = json.loads(_text(ex["info"])).get("description") or ""
             items.append(out)

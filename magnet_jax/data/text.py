@@ -41,4 +41,6 @@ def compose_description(info: Dict[str, Any], rng: np.random.Generator, *, merge
 def word_dropout(text: Optional[str], p: float, rng: np.random.Generator) -> Optional[str]:
     if not text or p <= 0:
         return text
-    return " ".join(w for w in text.split(" ") if rng.uniform() >= p)
+    words = text.split(" ")
+    keep = rng.uniform(size=len(words)) >= p  # the same numbers as one draw per word
+    return " ".join(w for w, k in zip(words, keep) if k)
