@@ -173,7 +173,10 @@ class DataConfig:
     drop_desc_p: float = 0.0
     drop_other_p: float = 0.0
     eval_fraction: float = 0.02  # the dataset's last examples, held out for evaluation
-    num_threads: int = 8  # grain reader threads per host
+    num_threads: int = 8  # grain reader threads per host (per worker process with num_workers)
+    # grain worker processes per host making batches past the GIL (0: threads of the trainer's process).
+    # A checkpoint's iterator state resumes only with the same num_workers.
+    num_workers: int = 0
 
     @property
     def num_frames(self) -> int:

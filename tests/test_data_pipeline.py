@@ -205,3 +205,24 @@ def test_sound_dataset_through_the_cli_with_a_16khz_codec(env, tmp_path):
                                      train=dataclasses.replace(cfg.train, workdir=str(tmp_path / "run25")))
     with pytest.raises(ValueError, match="frame_rate"):
         train(wrong_rate, progress=False)
+
+
+def test_worker_processes_give_the_same_batches_and_resume(env, token_dir, tmp_path):
+    cfg = _cfg(env, token_dir, tmp_path)
+    tok = T5Tokenizer(env["root"] / "t5", max_length=16, padding="max_length")
+    data = TokenBatches(cfg, tok)
+    it = data.iterator(8, 0, 1, workers=2, threads=1)
+    try:
+        first = [next(it) for _ in range(2)]
+        state = it.get_state()
+    finally:
+        it.close()
+    for step, got in enumerate(first):
+        np.testing.assert_array_equal(got["codes"], data.batch(step, 8, 0, 1)["codes"])
+    resumed = data.iterator(8, 0, 1, state=state, workers=2, threads=1)
+    try:
+        np.testing.assert_array_equal(next(resumed)["text_ids"], data.batch(2, 8, 0, 1)["text_ids"])
+    finally:
+        resumed.close()
+    with pytest.raises(ValueError, match="num_workers"):
+        data.iterator(8, 0, 1, state=state, workers=0)

@@ -168,7 +168,7 @@ class TokenBatches:
         return self.dataset[step]
 
     def iterator(self, global_batch: int, process_index: int, process_count: int, state: Optional[Dict] = None,
-                 *, threads: Optional[int] = None, prefetch: Optional[int] = None, workers: int = 0):
+                 *, threads: Optional[int] = None, prefetch: Optional[int] = None, workers: Optional[int] = None):
         """A prefetching grain iterator over this host's batches; `state` resumes it. `prefetch` batches
         are read ahead (default: one per thread, fewer would leave threads idle).
 
@@ -180,6 +180,7 @@ class TokenBatches:
 
         self._check_layout(global_batch, process_index, process_count)
         threads = self.cfg.data.num_threads if threads is None else threads
+        workers = self.cfg.data.num_workers if workers is None else workers
         prefetch = max(threads, 1) if prefetch is None else prefetch
         ds = self.dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
         if workers > 0:
@@ -190,7 +191,11 @@ class TokenBatches:
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
         it = iter(ds)
         if state is not None:
-            it.set_state(state)
+            try:
+                it.set_state(state)
+            except Exception as e:
+                raise ValueError(f"the checkpoint's data iterator state does not fit this iterator ({e}); resume with "
+                                 f"the data.num_workers it was saved with (now {workers})") from e
         return it
 
     def _check_layout(self, global_batch, process_index, process_count) -> None:

@@ -122,6 +122,12 @@ class BatchReader:
     def state_at(self, step: int) -> Dict[str, Any]:
         return {"data_iterator": self.states[step]} if step in self.states else {}
 
+    def close(self) -> None:
+        """Stops the iterator's reader threads / worker processes."""
+        close = getattr(self.it, "close", None)
+        if close is not None:
+            close()
+
 
 def check_batch_sizes(cfg: Config, mesh, rules) -> int:
     shards = batch_axis_size(mesh, rules)
@@ -260,6 +266,7 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
         finally:
             if bar is not None:
                 bar.close()
+            reader.close()
             ckpt.close()
             writer.close()
         plot_path = None
