@@ -29,3 +29,17 @@ def make_encodec(folder: Path, *, seed: int = 0, safetensors: bool = True, **ove
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder), safe_serialization=safetensors)
     return model
+
+
+def assert_codec_matches(ours, wav, want_latent, want_codes, want_wav) -> None:
+    """Our encoder latent and decoded waveform within 1e-4 of a reference's, codes identical."""
+    import numpy as np
+    from flax import nnx
+
+    latent = np.swapaxes(np.asarray(nnx.jit(lambda m, x: m.encoder(x))(ours, np.swapaxes(wav, 1, 2))), 1, 2)
+    np.testing.assert_allclose(latent, want_latent, atol=1e-4, rtol=0)
+    codes = np.asarray(ours.encode(wav))
+    np.testing.assert_array_equal(codes, want_codes)
+    got_wav = np.asarray(ours.decode(codes))
+    assert got_wav.shape == want_wav.shape
+    np.testing.assert_allclose(got_wav, want_wav, atol=1e-4, rtol=0)

@@ -5,7 +5,7 @@ import pytest
 from magnet_jax.convert.audiocraft_lm import ConversionError
 from magnet_jax.convert.encodec import load_encodec
 
-from tests.encodec_fixtures import make_encodec
+from tests.encodec_fixtures import assert_codec_matches, make_encodec
 from tests.reference import require
 
 torch = require("torch")
@@ -34,13 +34,7 @@ def test_codes_and_waveform_match_transformers(tmp_path, variant):
         want_codes = ref.encode(torch.from_numpy(wav)).audio_codes[0].numpy()  # [B, K, T]
         want_latent = ref.encoder(torch.from_numpy(wav)).numpy()
         want_wav = ref.decode(torch.from_numpy(want_codes)[None], [None]).audio_values.numpy()
-    latent = np.swapaxes(np.asarray(ours.encoder(np.swapaxes(wav, 1, 2))), 1, 2)
-    np.testing.assert_allclose(latent, want_latent, atol=1e-4, rtol=0)
-    codes = np.asarray(ours.encode(wav))
-    np.testing.assert_array_equal(codes, want_codes)
-    got_wav = np.asarray(ours.decode(codes))
-    assert got_wav.shape == want_wav.shape
-    np.testing.assert_allclose(got_wav, want_wav, atol=1e-4, rtol=0)
+    assert_codec_matches(ours, wav, want_latent, want_codes, want_wav)
 
 
 def test_batch_encode_and_long_decode(tmp_path):

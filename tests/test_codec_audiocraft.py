@@ -12,11 +12,11 @@ import sys
 
 import numpy as np
 import pytest
-from flax import nnx
 
 from magnet_jax.convert.audiocraft_lm import ConversionError
 from magnet_jax.convert.encodec import load_encodec
 
+from tests.encodec_fixtures import assert_codec_matches
 from tests.reference import audiocraft_lm as harness
 from tests.reference import require
 
@@ -190,13 +190,7 @@ def test_codes_and_waveform_match_audiocraft(tmp_path, variant):
     want_codes = want_codes.numpy()
     assert len(np.unique(want_codes[:, 0])) > 3  # codebooks are in play, not one code everywhere
 
-    latent = np.swapaxes(np.asarray(nnx.jit(lambda m, x: m.encoder(x))(ours, np.swapaxes(wav, 1, 2))), 1, 2)
-    np.testing.assert_allclose(latent, want_latent, atol=1e-4, rtol=0)
-    codes = np.asarray(ours.encode(wav))
-    np.testing.assert_array_equal(codes, want_codes)
-    got_wav = np.asarray(ours.decode(codes))
-    assert got_wav.shape == want_wav.shape
-    np.testing.assert_allclose(got_wav, want_wav, atol=1e-4, rtol=0)
+    assert_codec_matches(ours, wav, want_latent, want_codes, want_wav)
 
 
 def test_parametrized_weight_norm_keys(tmp_path):

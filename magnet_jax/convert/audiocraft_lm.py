@@ -21,7 +21,7 @@ class ConversionError(ValueError):
     pass
 
 
-class _Source:
+class TensorSource:
     """Pops tensors by name so leftovers can be reported."""
 
     def __init__(self, tensors: Mapping[str, np.ndarray]):
@@ -35,7 +35,7 @@ class _Source:
         return self.tensors.pop(name)
 
 
-def _attention(src: _Source, prefix: str, cfg: LMConfig) -> Dict:
+def _attention(src: TensorSource, prefix: str, cfg: LMConfig) -> Dict:
     d, h = cfg.dim, cfg.num_heads
     w = src.pop(prefix + "in_proj_weight")  # [3D, D]: rows q, k, v; each (heads, head_dim)
     out_w = src.pop(prefix + "out_proj.weight")  # [D, D]
@@ -59,11 +59,11 @@ def _attention(src: _Source, prefix: str, cfg: LMConfig) -> Dict:
     return p
 
 
-def _norm(src: _Source, prefix: str) -> Dict:
+def _norm(src: TensorSource, prefix: str) -> Dict:
     return {"scale": src.pop(prefix + "weight"), "bias": src.pop(prefix + "bias")}
 
 
-def _linear(src: _Source, prefix: str, bias: bool) -> Dict:
+def _linear(src: TensorSource, prefix: str, bias: bool) -> Dict:
     w = src.pop(prefix + "weight")
     p = {"kernel": None if w is None else w.T}
     if bias:
@@ -71,7 +71,7 @@ def _linear(src: _Source, prefix: str, bias: bool) -> Dict:
     return p
 
 
-def _layer(src: _Source, i: int, cfg: LMConfig) -> Dict:
+def _layer(src: TensorSource, i: int, cfg: LMConfig) -> Dict:
     pre = f"transformer.layers.{i}."
     p = {
         "norm1": _norm(src, pre + "norm1."),
@@ -104,7 +104,7 @@ def lm_params_from_audiocraft(state_dict: Mapping[str, np.ndarray], cfg: LMConfi
     """Returns (pure nested param dict for `MagnetLM`, the non-LM tensors left for other converters)."""
     lm_keys = {k: v for k, v in state_dict.items() if k.startswith(LM_PREFIXES)}
     others = {k: v for k, v in state_dict.items() if not k.startswith(LM_PREFIXES)}
-    src = _Source(lm_keys)
+    src = TensorSource(lm_keys)
     emb = [src.pop(f"emb.{k}.weight") for k in range(cfg.n_q)]
     heads = [src.pop(f"linears.{k}.weight") for k in range(cfg.n_q)]
     params = {

@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from magnet_jax.codec import EncodecConfig, EncodecModel
-from magnet_jax.convert.audiocraft_lm import ConversionError, load_into
+from magnet_jax.convert.audiocraft_lm import ConversionError, TensorSource, load_into
 from magnet_jax.convert.t5 import read_hf_weights
 
 _VQ_STATS = ("inited", "cluster_size", "embed_avg")
@@ -54,24 +54,14 @@ AUDIOCRAFT_LAYOUT = KeyLayout(blocks="model", conv="conv.conv.", conv_norm="conv
                               extra_stages_ok=False, config_name="xp.cfg")
 
 
-class _Tensors:
-    def __init__(self, tensors: Dict[str, np.ndarray]):
-        self.t = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
-        self.missing = []
-
-    def pop(self, name: str):
-        if name not in self.t:
-            self.missing.append(name)
-            return None
-        return self.t.pop(name)
-
+class _Tensors(TensorSource):
     def conv_weight(self, prefix: str) -> Optional[np.ndarray]:
         """torch layout weight of `prefix` (e.g. `encoder.layers.0.conv.`), weight norm folded (dim 0)."""
-        if prefix + "weight" in self.t:
+        if prefix + "weight" in self.tensors:
             return self.pop(prefix + "weight")
         for g_key, v_key in (("parametrizations.weight.original0", "parametrizations.weight.original1"),
                              ("weight_g", "weight_v")):
-            if prefix + v_key in self.t:
+            if prefix + v_key in self.tensors:
                 g, v = self.pop(prefix + g_key), self.pop(prefix + v_key)
                 if g is None:
                     return None
@@ -137,17 +127,17 @@ def params_from_hf(tensors: Dict[str, np.ndarray], cfg: EncodecConfig, layout: K
         i += r + 2
     dec["conv_out"] = _conv(src, f"{d}{i + 1}.", cfg, lay)
     books = [src.pop(f"{lay.quantizer}{q}.{lay.codebook}embed") for q in range(cfg.num_quantizers)]
-    for key in [k for k in src.t if k.startswith(lay.quantizer)]:
+    for key in [k for k in src.tensors if k.startswith(lay.quantizer)]:
         stage, _, rest = key[len(lay.quantizer):].partition(".")
         if rest in [lay.codebook + s for s in _VQ_STATS]:  # training statistics
-            src.t.pop(key)
+            src.tensors.pop(key)
         elif lay.extra_stages_ok and stage.isdigit() and int(stage) >= cfg.num_quantizers:  # unused stages
-            src.t.pop(key)
+            src.tensors.pop(key)
     if src.missing:
         raise ConversionError(f"the EnCodec checkpoint lacks {len(src.missing)} tensors, e.g. {src.missing[:4]}; "
                               f"is {lay.config_name} the checkpoint's?")
-    if src.t:
-        raise ConversionError(f"{len(src.t)} EnCodec tensors were not used, e.g. {sorted(src.t)[:4]}; "
+    if src.tensors:
+        raise ConversionError(f"{len(src.tensors)} EnCodec tensors were not used, e.g. {sorted(src.tensors)[:4]}; "
                               f"{lay.config_name} does not describe this checkpoint")
     return {"encoder": enc, "decoder": dec, "codebooks": np.stack(books)}
 
