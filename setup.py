@@ -30,6 +30,10 @@ setup(
         "tensorflow-datasets==4.9.10",
         "array-record==0.8.6",
         "grain==0.2.18",
+        # Imported directly (also installed by the packages above).
+        "ml_dtypes>=0.5",
+        "tokenizers>=0.22",
+        "absl-py>=2",
     ],
     extras_require={
         # The PyTorch references of the parity tests; audiocraft itself is installed with

@@ -89,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _enable_cache()
     try:
         return args.func(args, overrides)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # bad input or files: a message naming the fix, not a traceback
         print(f"magnet-jax: error: {e}", file=sys.stderr)
         return 2
 

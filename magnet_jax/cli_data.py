@@ -54,6 +54,12 @@ def _codec(name: str):
 def run_tokenize(args, overrides: List[str]) -> int:
     if overrides:
         raise ValueError(f"tokenize takes no --config overrides, got {overrides}")
+    for flag in ("segment_duration", "min_segment_duration", "chunk_size", "batch_size", "sample_rate", "channels"):
+        if getattr(args, flag) <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    if args.min_segment_duration > args.segment_duration:
+        raise ValueError(f"--min-segment-duration ({args.min_segment_duration}) exceeds --segment-duration "
+                         f"({args.segment_duration})")
     import jax
 
     from magnet_jax.data import prepare

@@ -93,7 +93,9 @@ def run_generate(args, overrides: List[str]) -> int:
 
     from magnet_jax.data.audio_io import write_audio
 
-    paths = _out_paths(args.out, len(args.prompts))  # fail on a bad name before loading anything
+    if args.batch_size < 0:
+        raise ValueError(f"--batch-size must be >= 0 (0: all prompts at once), got {args.batch_size}")
+    paths = _out_paths(args.out, len(args.prompts))  # fail on a bad input before loading anything
     t0 = time.perf_counter()
     model = _load(args)
     print(f"loaded {model.name} in {time.perf_counter() - t0:.1f} s ({model.sample_rate} Hz, "

@@ -23,9 +23,9 @@ OFFICIAL_MODELS = (
     "facebook/audio-magnet-medium",
 )
 LM_FILES = ("state_dict.bin", "compression_state_dict.bin")
-T5_FILES = ["config.json", "*.safetensors", "spiece.model", "tokenizer.json", "tokenizer_config.json",
+T5_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "spiece.model", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json"]
-CODEC_FILES = ["config.json", "*.safetensors", "preprocessor_config.json"]
+CODEC_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "preprocessor_config.json"]
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -53,7 +53,7 @@ def _download(repo_id: str, patterns: Sequence[str], *, cache_dir: Optional[str]
         raise ModelNotFoundError(
             f"could not get {what} {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). Offline, pass a "
             f"local folder instead (see magnet_jax/hub.py for the layout), or download it first with "
-            f"`huggingface-cli download {repo_id}`.") from e
+            f"`hf download {repo_id}`.") from e
     return Path(path)
 
 

@@ -164,13 +164,25 @@ def load_pipeline_parts(name_or_dir: str, *, t5: Optional[str] = None, codec: Op
     return (*parts, name)
 
 
+def _cache_entry(model_dir: Path, name: str, dtype: str, t5_dir, codec_dir, cache_dir) -> Path:
+    """The cache folder of one conversion: keyed by the LM files and by where T5 and the codec come
+    from (arguments and the environment variables that can name them)."""
+    where = f"{dtype}|{t5_dir}|{codec_dir}|{os.environ.get('MAGNET_JAX_T5_DIR')}|" \
+            f"{os.environ.get('MAGNET_JAX_CODEC_DIR')}"
+    return cache_root(cache_dir) / "converted" / f"{name}-{_fingerprint([model_dir / f for f in hub.LM_FILES], where)}"
+
+
 def convert_or_restore(model_dir: Path, name: str, *, t5_dir=None, codec_dir=None, cache_dir=None,
                        local_files_only=False, dtype="float32", use_cache=True):
-    fast_key = _fingerprint([model_dir / f for f in hub.LM_FILES], f"{dtype}|{t5_dir}|{codec_dir}")
-    entry = cache_root(cache_dir) / "converted" / f"{name}-{fast_key}"
+    entry = _cache_entry(model_dir, name, dtype, t5_dir, codec_dir, cache_dir)
     if use_cache and (entry / "meta.json").is_file():
         log.info("loading converted %s from %s", name, entry)
-        return _load_cache(entry, dtype)
+        try:
+            return _load_cache(entry, dtype)
+        except Exception as e:  # a damaged entry: convert again (and rewrite it)
+            log.warning("the converted cache at %s is unreadable (%s: %s); converting again", entry,
+                        type(e).__name__, e)
+            shutil.rmtree(entry, ignore_errors=True)  # only a cache: rewritten below
     config, model, t5, tokenizer, codec, t5_folder = convert_sources(
         model_dir, t5_dir=t5_dir, codec_dir=codec_dir, cache_dir=cache_dir, local_files_only=local_files_only,
         dtype=dtype)
@@ -188,7 +200,9 @@ def convert_to_cache(name_or_dir: str, **kwargs) -> Path:
     model_dir = hub.resolve_model_dir(name_or_dir, cache_dir=kwargs.get("cache_dir"),
                                       local_files_only=kwargs.get("local_files_only", False))
     name = str(name_or_dir).rstrip("/").split("/")[-1]
-    key = _fingerprint([model_dir / f for f in hub.LM_FILES],
-                       f"{kwargs.get('dtype', 'float32')}|{kwargs.get('t5')}|{kwargs.get('codec')}")
-    return cache_root(kwargs.get("cache_dir")) / "converted" / f"{name}-{key}"
-
+    entry = _cache_entry(model_dir, name, kwargs.get("dtype", "float32"), kwargs.get("t5"), kwargs.get("codec"),
+                         kwargs.get("cache_dir"))
+    if not (entry / "meta.json").is_file():
+        raise OSError(f"the converted checkpoint could not be written to {entry} (see the warning above): "
+                      "give a writable --cache-dir")
+    return entry

@@ -27,8 +27,9 @@ from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 
 # audiocraft's spellings of the decoding knobs -> ours.
 _ALIASES = {"temp": "temperature", "anneal_temp": "anneal_temperature"}
-_DECODE_KEYS = {f.name for f in dataclasses.fields(SamplerSettings)} | {"temperature", "max_cfg_coef",
-                                                                          "min_cfg_coef", "top_p"}
+# span_len is the trained model's, never a decoding choice.
+_DECODE_KEYS = ({f.name for f in dataclasses.fields(SamplerSettings)} - {"span_len"}) | {
+    "temperature", "max_cfg_coef", "min_cfg_coef", "top_p"}
 
 
 class MAGNeT:

@@ -108,6 +108,13 @@ def test_converted_cache_loads_without_pickles(folder, tmp_path, monkeypatch):
     kw = dict(seed=3, decoding_steps=(2, 1, 1, 1))
     np.testing.assert_array_equal(first.generate_codes(["rain"], **kw), second.generate_codes(["rain"], **kw))
     np.testing.assert_array_equal(first.generate(["rain"], **kw), second.generate(["rain"], **kw))
+    monkeypatch.undo()
+    import shutil
+
+    shutil.rmtree(entries[0] / "params")  # a damaged entry is converted again, not a crash
+    third = MAGNeT.from_pretrained(str(folder), cache_dir=str(tmp_path), local_files_only=True)
+    assert (entries[0] / "params").is_dir()
+    np.testing.assert_array_equal(first.generate_codes(["rain"], **kw), third.generate_codes(["rain"], **kw))
 
 
 def test_cli_generate_and_convert(folder, tmp_path):

@@ -104,10 +104,6 @@ class EncodecModel(nnx.Module):
             raise ValueError(f"codes must be [B, K<={self.num_codebooks}, T], got shape {tuple(codes.shape)}")
         return self._jit("decode")(codes)
 
-    def invalidate(self) -> None:
-        """Call after changing parameters in place (the jitted closures hold the old state)."""
-        _JITTED.pop(self, None)
-
     def encode_batch(self, waves: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
         """Variable-length waveforms [C, N_i] -> (codes [B, K, T_max] zero-padded, frames per item)."""
         hop = self.config.hop_length
@@ -125,8 +121,9 @@ class EncodecModel(nnx.Module):
     def encode_long(self, wav, chunk_frames: int = 1500, context_frames: int = 25) -> np.ndarray:
         """Encodes long audio [B, C, N] chunk by chunk (`chunk_frames` frames each, with
         `context_frames` frames of audio on each side whose codes are discarded), so every chunk
-        has one compiled shape; codes differ from a whole-file encode only where the cut LSTM
-        memory matters, near the joins."""
+        has one compiled shape; codes differ from a whole-file encode only near the joins (the
+        LSTM's memory is cut to the context) and in the first frames (zero context, where a
+        whole-file encode pads by reflection)."""
         wav = np.asarray(wav, np.float32)
         hop = self.config.hop_length
         t = -(-wav.shape[-1] // hop)

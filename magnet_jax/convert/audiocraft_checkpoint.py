@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

@@ -226,6 +226,3 @@ def config_from_xp_cfg(cfg: Dict, *, frame_rate: Optional[float] = None, name: s
         data=DataConfig(source="synthetic", segment_duration=segment, frame_rate=int(round(float(fr or 50)))),
     )
 
-
-def model_kind(cfg: Dict) -> str:
-    return {"transformer_lm_magnet": "magnet", "transformer_lm": "musicgen"}.get(_get(cfg, "lm_model"), "unknown")

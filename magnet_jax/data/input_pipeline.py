@@ -93,6 +93,22 @@ class _Records:
                 "info": f["info"].bytes_list.value[0]}
 
 
+def _split_between_files(source, boundary: int) -> int:
+    """The train/eval boundary moved off the segments of one file (they are stored contiguously),
+    so that no file is in both: forward, or backward if that leaves no evaluation example."""
+    n = len(source)
+    same = lambda i: source[i]["path"] == source[i - 1]["path"]
+    b = boundary
+    while 0 < b < n and same(b):
+        b += 1
+    if b < n:
+        return b
+    b = boundary
+    while b > 0 and same(b):
+        b -= 1
+    return b if b > 0 else boundary  # one file only: it cannot be kept out of either side
+
+
 class TokenBatches:
     """The trainer's data source for `data.source='tfds'` (see `magnet_jax.train.trainer`)."""
 
@@ -105,8 +121,9 @@ class TokenBatches:
         self.num_frames, self.n_q, self.card = d.num_frames, cfg.lm.n_q, cfg.lm.card
         self.min_frames = int(round(d.min_segment_ratio * self.num_frames))
         self.cfg, self.tokenizer = cfg, tokenizer
-        self.num_eval = min(max(int(round(d.eval_fraction * n)), 1 if n > 1 else 0), n - 1)
-        self.num_train = n - self.num_eval
+        num_eval = min(max(int(round(d.eval_fraction * n)), 1 if n > 1 else 0), n - 1)
+        self.num_train = _split_between_files(self.source, n - num_eval)
+        self.num_eval = n - self.num_train
         self.process_index, self.process_count = process_index, process_count
         if self.num_train < process_count:
             raise ValueError(f"{d.dir} has {self.num_train} training examples, fewer than the {process_count} processes")
@@ -125,6 +142,9 @@ class TokenBatches:
         if "frame_rate" in facts and abs(facts["frame_rate"] - d.frame_rate) > 1e-6:
             raise ValueError(f"{d.dir} holds codes at {facts['frame_rate']:g} Hz but data.frame_rate={d.frame_rate}: "
                              "set --config.data.frame_rate to the codec's frame rate (or retokenise)")
+        if "codes" not in self.source.dataset_info.features:
+            raise ValueError(f"{d.dir} holds no codes (an --audio-only dataset?): tokenise it first with "
+                             f"`magnet-jax tokenize --source {d.dir} ...` and train on that")
         codes = np.asarray(self.source[0]["codes"])
         if codes.ndim != 2 or codes.shape[0] != self.n_q:
             raise ValueError(f"{self.cfg.data.dir} holds codes of shape {codes.shape}, the LM models "

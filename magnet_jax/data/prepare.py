@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from magnet_jax.data.audio_io import AudioError, read_audio
-from magnet_jax.data.records import ChunkWriter, finished_dataset, open_dataset
+from magnet_jax.data.records import ChunkWriter, dataset_facts, finished_dataset, open_dataset
 from magnet_jax.data.sources import AudioItem, load_source
 
 log = logging.getLogger(__name__)
@@ -168,14 +168,19 @@ def _source_segments(source: str, *, sample_rate: int, channels: int, segment_s:
                                min_segment_s=min_segment_s, skipped=skipped)
         return items, segs
 
+    facts = dataset_facts(source)
+    if "audio" not in ds.dataset_info.features:
+        raise ValueError(f"{source} is not an audio-segment dataset (made with --audio-only)")
+    for key, want in (("sample_rate", sample_rate), ("channels", channels)):
+        if key in facts and facts[key] != want:
+            raise ValueError(f"{source} holds audio with {key}={facts[key]}, the codec takes {want}: rebuild the "
+                             f"audio dataset with --sample-rate/--channels of the codec, or tokenise the raw files")
+
     def from_record(i, skipped):
         ex = ds[i]
         audio = ex["audio"].astype(np.float32) / 32767
-        if audio.shape[0] != channels:
-            skipped["wrong_channels"] += 1
-            return []
         return [Segment(audio, _text(ex["path"]), float(ex["offset_s"]), json.loads(_text(ex["info"])))]
-    return list(range(len(ds))), from_record
+    return range(len(ds)), from_record
 
 
 def _text(v) -> str:
@@ -214,6 +219,9 @@ def tokenize(source: str, codec, root: str, *, name: str, segment_s: float = 30.
         return done
     items, segs = _source_segments(source, sample_rate=codec.sample_rate, channels=codec.channels,
                                    segment_s=segment_s, min_segment_s=min_segment_s)
+    if isinstance(items, range):  # an audio dataset: its own segments, already cut
+        facts = dataset_facts(source)
+        segment_s, min_segment_s = facts.get("segment_s", segment_s), facts.get("min_segment_s", min_segment_s)
     writer = ChunkWriter(root, name, token_features(codec.num_codebooks), num_items=len(items),
                          chunk_size=chunk_size, process_index=process_index, process_count=process_count,
                          plan=dict(source=str(source), sample_rate=codec.sample_rate, num_codebooks=codec.num_codebooks,

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
@@ -24,6 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional
 log = logging.getLogger(__name__)
 VERSION = "1.0.0"
 FACTS_FILE = "magnet_jax_facts.json"
+_UNIQUE = f"{socket.gethostname()}-{os.getpid()}"  # temporary names, distinct across the hosts of a pod
 _TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
@@ -73,7 +75,7 @@ class ChunkWriter:
         from array_record.python.array_record_module import ArrayRecordWriter
 
         data, meta = self._paths(chunk)
-        tmp = data.with_name(data.name + f".tmp{os.getpid()}")
+        tmp = data.with_name(data.name + f".tmp{_UNIQUE}")
         writer = ArrayRecordWriter(str(tmp), "group_size:1")
         n = 0
         try:
@@ -147,7 +149,7 @@ class ChunkWriter:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = path.with_name(path.name + f".tmp{_UNIQUE}")
     tmp.write_text(text)
     os.replace(tmp, path)
 

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
@@ -41,7 +41,11 @@ def read_sidecar(audio_path: Path) -> Dict[str, Any]:
             return {}
         return {k: raw[k] for k in INFO_FIELDS if raw.get(k) not in (None, "", [])} if isinstance(raw, dict) else {}
     if txt.is_file():
-        text = txt.read_text().strip()
+        try:
+            text = txt.read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning("ignoring unreadable caption %s: %s", txt, e)
+            return {}
         return {"description": text} if text else {}
     return {}
 
@@ -96,7 +100,3 @@ def load_source(source: str) -> List[AudioItem]:
         raise ValueError(f"{source} lists no audio files ({', '.join(AUDIO_SUFFIXES)})")
     return items
 
-
-def caption_of(info: Dict[str, Any]) -> Optional[str]:
-    d = info.get("description")
-    return str(d) if d else None

@@ -45,6 +45,11 @@ class TrainResult:
 
 def make_data_source(cfg: Config):
     if cfg.data.kind == "synthetic":
+        if cfg.conditioner.encoder != "embedding":
+            raise ValueError("the synthetic data's captions are ids of its own small vocabulary, not text for "
+                             f"conditioner.encoder={cfg.conditioner.encoder!r}: add "
+                             "--config.conditioner.encoder=embedding, or train on your audio with "
+                             "--config.data.dir=<a dataset written by `magnet-jax tokenize`>")
         from magnet_jax.data.synthetic import SyntheticMusicTokens
 
         return SyntheticMusicTokens.from_config(cfg.data, cfg.lm, cfg.conditioner)
@@ -104,20 +109,24 @@ def process_slice(batch: Dict[str, np.ndarray], process_index: int, process_coun
 
 class BatchReader:
     """This host's batch for each step: random access by step (synthetic data), or a prefetching
-    iterator (datasets) whose state before each read is kept so checkpoints can resume it."""
+    iterator (datasets) whose position before each step is kept so checkpoints can resume it."""
 
     def __init__(self, data, global_batch: int, pidx: int, pcount: int, start: int, state=None):
         self.data, self.args = data, (global_batch, pidx, pcount)
-        self.it = data.iterator(*self.args, state=state) if hasattr(data, "iterator") else None
-        if self.it is not None and state is None and start:
-            self.it = None  # a checkpoint without iterator state: random access by step is equivalent
+        self.it = None
+        # A checkpoint without iterator state (start > 0): random access by step is equivalent.
+        if hasattr(data, "iterator") and (state is not None or not start):
+            self.it = data.iterator(*self.args, state=state)
         self.states: Dict[int, Any] = {}
 
     def read(self, step: int):
         if self.it is None:
             return self.data.batch(step, *self.args)
-        self.states = {step: self.it.get_state()}  # the position that reads batch `step` next
-        return next(self.it)
+        batch = next(self.it)
+        # the position that reads batch `step + 1` next (kept for `step` too: the loop reads ahead)
+        self.states = {k: v for k, v in self.states.items() if k >= step}
+        self.states[step + 1] = self.it.get_state()
+        return batch
 
     def state_at(self, step: int) -> Dict[str, Any]:
         return {"data_iterator": self.states[step]} if step in self.states else {}
