@@ -24,8 +24,8 @@ def add_commands(sub) -> None:
     t.add_argument("--codec", default="facebook/encodec_32khz",
                    help="Hugging Face EnCodec folder or hub name, or audiocraft compression_state_dict.bin")
     t.add_argument("--audio-only", action="store_true", help="write the audio-segment dataset, no tokens")
-    t.add_argument("--sample-rate", type=int, default=32000, help="with --audio-only (otherwise the codec's)")
-    t.add_argument("--channels", type=int, default=1, help="with --audio-only (otherwise the codec's)")
+    t.add_argument("--sample-rate", type=int, default=None, help="with --audio-only (default 32000; tokens: the codec's)")
+    t.add_argument("--channels", type=int, default=None, help="with --audio-only (default 1; tokens: the codec's)")
     t.add_argument("--segment-duration", type=float, default=30.0, help="seconds per stored segment")
     t.add_argument("--min-segment-duration", type=float, default=1.0,
                    help="shorter files and tails are skipped (audiocraft's minimum-segment rule)")
@@ -54,6 +54,11 @@ def _codec(name: str):
 def run_tokenize(args, overrides: List[str]) -> int:
     if overrides:
         raise ValueError(f"tokenize takes no --config overrides, got {overrides}")
+    if not args.audio_only and (args.sample_rate is not None or args.channels is not None):
+        raise ValueError("--sample-rate/--channels go with --audio-only; tokens are made at the codec's rate and "
+                         "channel count")
+    args.sample_rate = 32000 if args.sample_rate is None else args.sample_rate
+    args.channels = 1 if args.channels is None else args.channels
     for flag in ("segment_duration", "min_segment_duration", "chunk_size", "batch_size", "sample_rate", "channels"):
         if getattr(args, flag) <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")

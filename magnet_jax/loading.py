@@ -90,7 +90,9 @@ def convert_sources(model_dir: Path, *, t5_dir: Optional[str], codec_dir: Option
                                              patterns=hub.CODEC_FILES, cache_dir=cache_dir,
                                              local_files_only=local_files_only, what="codec")
         _, codec = load_encodec(codec_folder)
-    else:
+    else:  # audiocraft's own codec, inside the checkpoint
+        if codec_dir:
+            log.warning("%s holds its own codec: the codec folder %s is not used", comp_file, codec_dir)
         _, codec = load_encodec(comp_file)
     config, model = load_audiocraft_lm(model_dir, frame_rate=float(codec.frame_rate), dtype=dtype)
     t5_folder = hub.resolve_component(config.conditioner.t5_name, explicit=t5_dir, model_dir=model_dir,

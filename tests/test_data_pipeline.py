@@ -231,3 +231,17 @@ def test_worker_processes_give_the_same_batches_and_resume(env, token_dir, tmp_p
         resumed.close()
     with pytest.raises(ValueError, match="num_workers"):
         data.iterator(8, 0, 1, state=state, workers=0)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--chunk-size", "0"], "--chunk-size must be > 0"),
+    (["--segment-duration", "1", "--min-segment-duration", "2"], "exceeds --segment-duration"),
+    (["--sample-rate", "16000"], "go with --audio-only"),
+])
+def test_tokenize_cli_refuses_bad_options(env, tmp_path, capsys, extra, message):
+    from magnet_jax import cli
+
+    argv = ["tokenize", "--source", str(env["folder"]), "--out", str(tmp_path), "--name", "x", "--no-progress"]
+    assert cli.main(argv + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing started

@@ -173,7 +173,8 @@ def conditioner_config_from_xp(cfg: Dict) -> ConditionerConfig:
     )
 
 
-# audiocraft's T5Conditioner sizes output_proj from this table, whatever the folder holds.
+# audiocraft's T5Conditioner sizes output_proj from its width table, whatever the folder holds; it lists
+# flan-t5-xl/xxl as models without a width (a KeyError there): their real widths here.
 T5_DIMS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024,
            "google/flan-t5-small": 512, "google/flan-t5-base": 768, "google/flan-t5-large": 1024,
            "google/flan-t5-xl": 2048, "google/flan-t5-xxl": 4096}
@@ -190,7 +191,8 @@ def decode_config_from_xp(cfg: Dict, n_q: int) -> DecodeConfig:
     base = AUDIOCRAFT_API_DECODE
     steps = tuple(int(s) for s in g.get("decoding_steps", base.decoding_steps))
     if len(steps) != n_q:
-        steps = tuple(base.decoding_steps[:n_q]) + (base.decoding_steps[-1],) * max(0, n_q - len(base.decoding_steps))
+        raise XpConfigError(f"generate.lm.decoding_steps={list(steps)} has {len(steps)} entries for {n_q} codebooks: "
+                            "give one step count per codebook")
     return DecodeConfig(
         decoding_steps=steps,
         temperature=float(g.get("temp", base.temperature)),

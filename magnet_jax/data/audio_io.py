@@ -38,6 +38,10 @@ class AudioError(ValueError):
     """An audio file or array that cannot be read, converted or written; the message says why."""
 
 
+class EmptyAudioError(AudioError):
+    """A readable file that holds no samples."""
+
+
 # ----------------------------------------------------------------------------------------- checks
 
 
@@ -164,7 +168,7 @@ def read_audio(path: PathLike, *, sample_rate: Optional[int] = None, channels: O
         raise AudioError(f"soundfile could not decode {path}: {e} (is it a complete audio file in a format "
                          "libsndfile reads, e.g. wav, flac, ogg, mp3?)") from e
     if data.shape[0] == 0:
-        raise AudioError(f"{path} holds no audio (0 samples"
+        raise EmptyAudioError(f"{path} holds no audio (0 samples"
                          + (f" in the requested {duration_s} s slice)" if duration_s is not None else ")"))
     wav = np.ascontiguousarray(data.T)
     if channels is not None:

@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from magnet_jax.data.audio_io import AudioError, read_audio
+from magnet_jax.data.audio_io import AudioError, EmptyAudioError, read_audio
 from magnet_jax.data.records import ChunkWriter, dataset_facts, finished_dataset, open_dataset
 from magnet_jax.data.sources import AudioItem, load_source
 
@@ -57,7 +57,7 @@ def segments_of(item: AudioItem, *, sample_rate: int, channels: int, segment_s: 
     try:
         wav, _ = read_audio(item.path, sample_rate=sample_rate, channels=channels)
     except AudioError as e:
-        reason = "empty" if "no audio" in str(e) else "unreadable"
+        reason = "empty" if isinstance(e, EmptyAudioError) else "unreadable"
         skipped[reason] += 1
         log.warning("skipping %s: %s", item.path, e)
         return []
