@@ -210,10 +210,9 @@ def _parse():
                    "these accelerators (a name in magnet_jax.train.flops.PEAK_TFLOPS; '' for none)")
     p.add_argument("--project-mfu", type=float, default=0.4, help="model FLOPs utilisation assumed there")
     p.add_argument("--project-devices", type=int, default=8, help="accelerators per host assumed there")
-    args, overrides = p.parse_known_args()
-    bad = [o for o in overrides if not o.startswith("--config.")]
-    if bad:
-        p.error(f"unknown arguments {bad}; config overrides look like --config.data.merge_text_p=0.25")
+    from magnet_jax.config_io import parse_args_and_overrides
+
+    args, overrides = parse_args_and_overrides(p, "--config.data.merge_text_p=0.25")
     return args, overrides
 
 

@@ -39,10 +39,9 @@ def _parse():
     p.add_argument("--compile-only", action="store_true", help="only time lowering + compilation")
     p.add_argument("--reference", action="store_true", help="also time audiocraft's MagnetLMModel.generate")
     p.add_argument("--ref-threads", type=int, default=0, help="torch threads for the reference (default: all CPUs)")
-    args, overrides = p.parse_known_args()
-    bad = [o for o in overrides if not o.startswith("--config.")]
-    if bad:
-        p.error(f"unknown arguments {bad}; config overrides look like --config.decode.temperature=2.0")
+    from magnet_jax.config_io import parse_args_and_overrides
+
+    args, overrides = parse_args_and_overrides(p, "--config.decode.temperature=2.0")
     if args.batch < 1 or args.reps < 1:
         p.error("--batch and --reps must be >= 1")
     return args, overrides

@@ -22,10 +22,9 @@ def _parse():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--compile-only", action="store_true", help="build the sharded state and compile; no steps")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="override the per-device peak")
-    args, overrides = p.parse_known_args()
-    bad = [o for o in overrides if not o.startswith("--config.")]
-    if bad:
-        p.error(f"unknown arguments {bad}; config overrides look like --config.train.global_batch_size=8")
+    from magnet_jax.config_io import parse_args_and_overrides
+
+    args, overrides = parse_args_and_overrides(p, "--config.train.global_batch_size=8")
     return args, overrides
 
 

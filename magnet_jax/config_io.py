@@ -72,6 +72,16 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
     return apply_overrides(cfg, overrides)
 
 
+def parse_args_and_overrides(parser, example: str = "--config.train.global_batch_size=8"):
+    """(args, overrides) of a script's command line: its own flags, plus `--config.x.y=v` overrides;
+    anything else is a usage error that shows what an override looks like."""
+    args, rest = parser.parse_known_args()
+    bad = [o for o in rest if not o.startswith("--config.")]
+    if bad:
+        parser.error(f"unknown arguments {bad}; config overrides look like {example}")
+    return args, rest
+
+
 def _available_configs_hint(path: str) -> str:
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):

@@ -61,3 +61,8 @@ def test_not_yaml_or_not_lm():
         parse_xp_cfg("a: [1, 2\n")
     with pytest.raises(XpConfigError, match="lm_model"):
         config_from_xp_cfg(parse_xp_cfg("sample_rate: 32000\n"))
+
+
+def test_decoding_steps_need_one_entry_per_codebook():
+    with pytest.raises(XpConfigError, match="decoding_steps"):
+        config_from_xp_cfg(parse_xp_cfg(magnet_xp_cfg(decoding_steps=(6, 3, 3))))

@@ -11,6 +11,7 @@ from magnet_jax.config import (ConditionerConfig, Config, DataConfig, DecodeConf
                                MeshConfig, OptimConfig, TrainConfig)
 from magnet_jax.convert.encodec import load_encodec
 from magnet_jax.data import prepare
+from magnet_jax.data.audio_io import write_audio
 from magnet_jax.data.input_pipeline import TokenBatches
 from magnet_jax.data.records import open_dataset
 from magnet_jax.data.sources import load_source
@@ -200,6 +201,12 @@ def test_sound_dataset_through_the_cli_with_a_16khz_codec(env, tmp_path):
     assert cli.main(argv + ["--overwrite"]) == 0  # rebuilt from scratch, nothing doubled
     assert len(open_dataset(str(out))) == 8
 
+    audio32 = prepare.build_audio_dataset(str(env["folder"]), str(tmp_path / "data"), name="sounds32",
+                                          sample_rate=32000, segment_s=0.6, min_segment_s=0.6, progress=False)
+    _, codec16 = load_encodec(tmp_path / "codec16")
+    with pytest.raises(ValueError, match="sample_rate=32000, the codec takes 16000"):
+        prepare.tokenize(audio32, codec16, str(tmp_path / "data"), name="x", progress=False)
+
     base = _cfg(env, "", tmp_path / "run", steps=3)
     data = dataclasses.replace(base.data, source="auto", dir=str(out), merge_text_p=0.0, min_segment_ratio=1.0,
                                eval_fraction=0.25)
@@ -245,3 +252,19 @@ def test_tokenize_cli_refuses_bad_options(env, tmp_path, capsys, extra, message)
     assert cli.main(argv + extra) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # nothing started
+
+
+def test_eval_split_never_cuts_a_file():
+    from magnet_jax.data.input_pipeline import _split_between_files
+
+    rows = lambda paths: [{"path": p} for p in paths]
+    assert _split_between_files(rows("aabbbc"), 3) == 5  # forward past b's segments
+    assert _split_between_files(rows("aabb"), 3) == 2  # forward leaves no eval: backward
+    assert _split_between_files(rows("aaa"), 2) == 2  # one file: nothing to do
+    assert _split_between_files(rows("abc"), 2) == 2
+
+
+def test_unreadable_caption_is_ignored(tmp_path):
+    write_audio(tmp_path / "a.wav", np.zeros((1, 3200), np.float32), 32000, strategy="none")
+    (tmp_path / "a.txt").write_bytes(b"\xff\xfe\xfa not utf-8")
+    assert load_source(str(tmp_path))[0].info == {}

@@ -84,6 +84,8 @@ def test_sampling_is_seeded_and_knobs_override(pipeline):
         pipeline.generate_codes(["rain"], temprature=2.0)
     with pytest.raises(ValueError, match="4 entries"):
         pipeline.generate_codes(["rain"], decoding_steps=(2, 1))
+    with pytest.raises(TypeError, match="unknown decoding setting"):  # the trained model's, not a knob
+        pipeline.generate_codes(["rain"], span_len=1)
 
 
 def test_longer_than_segment_and_continuation(pipeline):
@@ -122,6 +124,7 @@ def test_cli_generate_and_convert(folder, tmp_path):
     from magnet_jax.data.audio_io import read_audio
 
     common = ["--cache-dir", str(tmp_path / "cache"), "--offline"]
+    assert main(["generate", "x", "--model", str(folder), "--batch-size", "-1", *common]) == 2
     assert main(["convert", str(folder), *common]) == 0
     out = tmp_path / "out" / "clip.wav"
     rc = main(["generate", "80s disco", "rain", "--model", str(folder), "--out", str(out), "--seed", "1",

@@ -6,6 +6,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from magnet_jax.cli import main
 from magnet_jax.config_io import load_config
@@ -51,3 +52,11 @@ def test_cli_reports_bad_override_clearly_and_enables_the_compile_cache(tmp_path
     finally:
         for f, v in saved.items():
             jax.config.update(f, v)
+
+
+def test_synthetic_data_refuses_a_text_encoder():
+    from magnet_jax.train.trainer import make_data_source
+
+    cfg = load_config("configs/tiny.py", ["conditioner.encoder=t5"])
+    with pytest.raises(ValueError, match="conditioner.encoder=embedding"):
+        make_data_source(cfg)

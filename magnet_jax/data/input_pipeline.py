@@ -121,13 +121,13 @@ class TokenBatches:
         self.num_frames, self.n_q, self.card = d.num_frames, cfg.lm.n_q, cfg.lm.card
         self.min_frames = int(round(d.min_segment_ratio * self.num_frames))
         self.cfg, self.tokenizer = cfg, tokenizer
+        self.records = _Records.of(self.source) or self.source
         num_eval = min(max(int(round(d.eval_fraction * n)), 1 if n > 1 else 0), n - 1)
-        self.num_train = _split_between_files(self.source, n - num_eval)
+        self.num_train = _split_between_files(self.records, n - num_eval)
         self.num_eval = n - self.num_train
         self.process_index, self.process_count = process_index, process_count
         if self.num_train < process_count:
             raise ValueError(f"{d.dir} has {self.num_train} training examples, fewer than the {process_count} processes")
-        self.records = _Records.of(self.source) or self.source
         train = grain.MapDataset.source(self.records)[: self.num_train]
         self.host_examples = train[process_index::process_count]
         per_host = cfg.train.global_batch_size // process_count
