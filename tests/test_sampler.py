@@ -7,7 +7,6 @@ from flax import nnx
 
 from magnet_jax.config import LMConfig, MeshConfig
 from magnet_jax.decode.sampler import MagnetSampler
-from magnet_jax.decode.sampling import sample_tokens
 from magnet_jax.decode.selection import least_probable_spans_mask
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 from magnet_jax.decode.stage import StageTables
@@ -143,24 +142,6 @@ def test_least_probable_spans_equals_reference_search():
         got = np.asarray(least_probable_spans_mask(jnp.asarray(scores), target, 3))
         for b in range(3):
             np.testing.assert_array_equal(got[b], ref.least_probable_spans(scores[b], target, 3), err_msg=f"{trial}")
-
-
-def test_sample_tokens_filters():
-    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4000))
-    keys = jax.random.key(0)
-    tok, conf = sample_tokens(keys, logits, 1.0, use_sampling=True, top_k=0, top_p=0.6)
-    counts = np.bincount(np.asarray(tok), minlength=4) / 4000
-    assert counts[2] == 0 and counts[3] == 0  # 0.5 + 0.3 reaches p; later tokens are cut
-    assert abs(counts[0] - 0.5 / 0.8) < 0.03
-    np.testing.assert_allclose(np.asarray(conf)[np.asarray(tok) == 0], 0.5, rtol=1e-5)  # unrenormalised
-    tok, conf = sample_tokens(keys, logits, 1.0, use_sampling=True, top_k=2, top_p=0.0)
-    assert set(np.unique(np.asarray(tok))) <= {0, 1}
-    np.testing.assert_allclose(np.asarray(conf)[np.asarray(tok) == 0], 0.5 / 0.8, rtol=1e-5)  # renormalised
-    tok, _ = sample_tokens(keys, logits, 1.0, use_sampling=False, top_k=0, top_p=0.9)
-    assert (np.asarray(tok) == 0).all()
-    # A floored temperature gives a near one-hot distribution.
-    _, conf = sample_tokens(keys, logits[:1], 0.0, use_sampling=False, top_k=0, top_p=0.0)
-    assert float(conf[0]) > 0.999
 
 
 def test_batch_sharded_over_mesh_equals_single_device(lm):
