@@ -5,8 +5,10 @@
 
 `generate` runs every stage inside one `jax.jit`: stages unrolled in Python (static stage
 index: attention mask, head, step count), the steps of a stage in `lax.fori_loop`, the
-per-step span counts from host tables, the cross-attention keys/values of the text and
-the null text computed once before the loop. `generate_stepwise` runs the very same step
+per-step span counts from host tables, the cross-attention keys/values of the text
+computed once before the loop. Under classifier-free guidance the [text; null text] batch
+shares its embedding and first self-attention, and only the text rows cross-attend (the
+null text's cross-attention output is a constant: zero without attention biases). `generate_stepwise` runs the very same step
 function from Python, one dispatch per step, for progress callbacks and streaming.
 """
 from __future__ import annotations
@@ -48,7 +50,7 @@ class MagnetSampler:
         if mesh is not None:
             self.params = jax.device_put(self.params, tree_shardings(self.params, mesh, self.rules))
         self._generate_jit = jax.jit(self._generate, static_argnames=("settings", "length"))
-        self._prepare_jit = jax.jit(self._prepare, static_argnames=("use_cfg",))
+        self._prepare_jit = jax.jit(self._prepare)
         self._step_jit = jax.jit(self._step, static_argnames=("stage", "settings", "length", "prompt_len"))
 
     # -- pure pieces ---------------------------------------------------------------------
@@ -57,17 +59,13 @@ class MagnetSampler:
         # Fresh Variables at the current trace level (params may be closed over from an outer trace).
         return nnx.merge(self.graphdef, jax.tree.map(lambda x: x, params))
 
-    def _prepare(self, params, condition, condition_mask, *, use_cfg: bool):
-        """Cross-attention keys/values of [text; null text] (computed once per generation)."""
-        if use_cfg:
-            condition = jnp.concatenate([condition, jnp.zeros_like(condition)], axis=0)
-            condition_mask = jnp.concatenate([condition_mask, jnp.zeros_like(condition_mask)], axis=0)
-        return self._lm(params).cross_key_values(condition), condition_mask
+    def _prepare(self, params, condition, condition_mask):
+        """The text condition's cross-attention context (computed once per generation)."""
+        return self._lm(params).cross_context(condition, condition_mask)
 
-    def _logits_fn(self, params, cross_kv, cond_mask, stage):
+    def _logits_fn(self, params, cross, stage, guided):
         def logits(codes):
-            return self._lm(params)(codes, condition_mask=cond_mask, cross_kv=cross_kv, stage=stage,
-                                    stage_logits_only=True)
+            return self._lm(params).decode_logits(codes, cross, stage=stage, guided=guided)
 
         return logits
 
@@ -79,13 +77,13 @@ class MagnetSampler:
         return codes
 
     def _generate(self, params, condition, condition_mask, prompt, key, knobs, *, settings, length):
-        cross_kv, cond_mask = self._prepare(params, condition, condition_mask, use_cfg=settings.cfg)
+        cross = self._prepare(params, condition, condition_mask)
         length = output_length(settings, length)
         prompt_len = 0 if prompt is None else prompt.shape[-1]
         codes = self._initial_codes(prompt, condition.shape[0], length)
         for stage, steps in enumerate(settings.decoding_steps):
             tables = StageTables.build(settings, steps, length, prompt_len)
-            logits_fn = self._logits_fn(params, cross_kv, cond_mask, stage)
+            logits_fn = self._logits_fn(params, cross, stage, settings.cfg)
 
             def body(i, state, stage=stage, tables=tables, logits_fn=logits_fn):
                 return decode_step(logits_fn, state, i, step_key(key, stage, i), knobs, stage=stage, tables=tables,
@@ -94,10 +92,10 @@ class MagnetSampler:
             codes = jax.lax.fori_loop(0, steps, body, initial_stage_state(codes, tables)).codes
         return codes
 
-    def _step(self, params, cross_kv, cond_mask, state, i, key, knobs, prompt, *, stage, settings, length,
+    def _step(self, params, cross, state, i, key, knobs, prompt, *, stage, settings, length,
               prompt_len):
         tables = StageTables.build(settings, settings.decoding_steps[stage], length, prompt_len)
-        return decode_step(self._logits_fn(params, cross_kv, cond_mask, stage), state, i, step_key(key, stage, i),
+        return decode_step(self._logits_fn(params, cross, stage, settings.cfg), state, i, step_key(key, stage, i),
                            knobs, stage=stage, tables=tables, settings=settings, mask_id=self.config.mask_id,
                            prompt=prompt)
 
@@ -187,14 +185,14 @@ class MagnetSampler:
         b, (condition, condition_mask, prompt) = self._place(condition, condition_mask, prompt)
         total, done = settings.total_steps, 0
         with self._context():
-            cross_kv, cond_mask = self._prepare_jit(self.params, condition, condition_mask, use_cfg=settings.cfg)
+            cross = self._prepare_jit(self.params, condition, condition_mask)
             length = output_length(settings, length)
             prompt_len = 0 if prompt is None else prompt.shape[-1]
             codes = self._initial_codes(prompt, condition.shape[0], length)
             for stage, steps in enumerate(settings.decoding_steps):
                 state = initial_stage_state(codes, StageTables.build(settings, steps, length, prompt_len))
                 for i in range(steps):
-                    state = self._step_jit(self.params, cross_kv, cond_mask, state, jnp.int32(i), key, knobs, prompt,
+                    state = self._step_jit(self.params, cross, state, jnp.int32(i), key, knobs, prompt,
                                            stage=stage, settings=settings, length=length, prompt_len=prompt_len)
                     done += 1
                     if progress is not None:

@@ -58,8 +58,8 @@ def initial_stage_state(codes: jnp.ndarray, tables: StageTables) -> StageState:
 
 def decode_step(logits_fn, state: StageState, i, key, knobs: DecodeKnobs, *, stage: int, tables: StageTables,
                 settings: SamplerSettings, mask_id: int, prompt: Optional[jnp.ndarray]) -> StageState:
-    """One step. `logits_fn(codes [N, K, T]) -> [N, T, card]` runs the LM for `stage`, with N =
-    2B under CFG (text rows first, null-text rows second). `i` may be traced."""
+    """One step. `logits_fn(codes [B, K, T])` runs the LM for `stage`: logits [B, T, card], or
+    under CFG the pair (text, null text). `i` may be traced."""
     codes = state.codes
     b, _, t = codes.shape
     num = jnp.asarray(tables.num_masked)[i]
@@ -76,9 +76,9 @@ def decode_step(logits_fn, state: StageState, i, key, knobs: DecodeKnobs, *, sta
         seq = seq.at[:, :prompt.shape[-1]].set(prompt[:, stage])
     codes = codes.at[:, stage].set(seq)
 
-    logits = logits_fn(jnp.concatenate([codes, codes], axis=0) if settings.cfg else codes)
+    logits = logits_fn(codes)
     if settings.cfg:
-        cond, uncond = logits[:b], logits[b:]
+        cond, uncond = logits
         coef = rate * knobs.max_cfg_coef + (1.0 - rate) * knobs.min_cfg_coef
         logits = uncond + (cond - uncond) * coef
     temperature = knobs.temperature * jnp.asarray(tables.temp_ratio)[i] if settings.anneal_temperature \

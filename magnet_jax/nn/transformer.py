@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from magnet_jax.config import LMConfig
 from magnet_jax.nn.attention import MultiHeadAttention
@@ -67,25 +67,71 @@ class TransformerLayer(nnx.Module):
             raise ValueError("this model has no cross-attention (lm.cross_attention=False)")
         return self.cross_attn.key_value(condition)
 
+    # The layer as three residual blocks, so classifier-free guidance can run the first
+    # self-attention once for both halves and the cross-attention on the text half only.
+
+    def self_block(self, x, self_mask=None):
+        if self.norm_first:
+            return x + self._scaled(self.layer_scale_1, self.self_attn(self.norm1(x), mask=self_mask))
+        return self.norm1(x + self._scaled(self.layer_scale_1, self.self_attn(x, mask=self_mask)))
+
+    def cross_block(self, x, src, cross_kv, cross_mask=None):
+        """src: the layer input, which audiocraft's post-norm branch queries (not the updated x);
+        kept for checkpoint fidelity."""
+        if self.norm_first:
+            return x + self._scaled(self.layer_scale_cross, self.cross_attn(self.norm_cross(x), kv=cross_kv,
+                                                                            mask=cross_mask))
+        return self.norm_cross(x + self._scaled(self.layer_scale_cross, self.cross_attn(src, kv=cross_kv,
+                                                                                        mask=cross_mask)))
+
+    def guided_cross_block(self, x, src, cross: "GuidedCross"):
+        """x [2B, T, D]: text rows, then null-text rows. The cross-attention runs on the text rows
+        only; a null row's output is the constant `cross.null_out` (the attention of any query
+        to the all-zero null condition), exactly zero without attention biases."""
+        b = cross.kv[0].shape[0]
+        text = self.cross_block(x[:b], src[:b], cross.kv, cross.mask)
+        null = x[b:]
+        if cross.null_out is not None:
+            null = null + self._scaled(self.layer_scale_cross, cross.null_out.astype(x.dtype))
+        if not self.norm_first:
+            null = self.norm_cross(null)
+        return jnp.concatenate([text, null], axis=0)
+
+    def ffn_block(self, x):
+        if self.norm_first:
+            return x + self._scaled(self.layer_scale_2, self.ffn(self.norm2(x)))
+        return self.norm2(x + self._scaled(self.layer_scale_2, self.ffn(x)))
+
     def __call__(self, x, self_mask=None, cross_kv: Optional[Tuple] = None, cross_mask=None):
         x = constrain(x, ("batch", "length", "embed"))
-        has_cross = self.cross_attn is not None and cross_kv is not None
-        if self.norm_first:
-            x = x + self._scaled(self.layer_scale_1, self.self_attn(self.norm1(x), mask=self_mask))
-            if has_cross:
-                h = self.cross_attn(self.norm_cross(x), kv=cross_kv, mask=cross_mask)
-                x = x + self._scaled(self.layer_scale_cross, h)
-            x = x + self._scaled(self.layer_scale_2, self.ffn(self.norm2(x)))
-        else:
-            src = x
-            x = self.norm1(x + self._scaled(self.layer_scale_1, self.self_attn(x, mask=self_mask)))
-            if has_cross:
-                # audiocraft's post-norm branch queries the cross-attention with the layer
-                # input, not the updated x; kept for checkpoint fidelity.
-                h = self.cross_attn(src, kv=cross_kv, mask=cross_mask)
-                x = self.norm_cross(x + self._scaled(self.layer_scale_cross, h))
-            x = self.norm2(x + self._scaled(self.layer_scale_2, self.ffn(x)))
-        return x
+        src = x
+        x = self.self_block(x, self_mask)
+        if self.cross_attn is not None and cross_kv is not None:
+            x = self.cross_block(x, src, cross_kv, cross_mask)
+        return self.ffn_block(x)
+
+    def guided(self, x, self_mask, cross: Optional["GuidedCross"], shared: bool = False):
+        """The layer under classifier-free guidance. shared: x [B, T, D] is the input of both
+        halves (identical rows), so the self-attention runs once; returns [2B, T, D]."""
+        x = constrain(x, ("batch", "length", "embed"))
+        src = x
+        x = self.self_block(x, self_mask)
+        if shared:
+            x, src = jnp.concatenate([x, x], axis=0), jnp.concatenate([src, src], axis=0)
+        if self.cross_attn is not None and cross is not None:
+            x = self.guided_cross_block(x, src, cross)
+        return self.ffn_block(x)
+
+
+@struct.dataclass
+class GuidedCross:
+    """Cross-attention context of a guided forward: keys/values of the text condition only
+    (`[L, B, S, H, Dh]` each, or one layer's `[B, S, H, Dh]`), its mask `[B, 1, 1, S]` or
+    None, and the null-text output per layer (`[L, D]`; None when it is exactly zero)."""
+
+    kv: Tuple[jnp.ndarray, jnp.ndarray]
+    mask: Optional[jnp.ndarray]
+    null_out: Optional[jnp.ndarray]
 
 
 class TransformerStack(nnx.Module):
@@ -126,4 +172,22 @@ class TransformerStack(nnx.Module):
         scan = nnx.scan(step, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0), length=self.num_layers,
                         unroll=self.unroll, transform_metadata={nnx.PARTITION_NAME: "layers"})
         x, _ = scan(x, (self.layers, cross_kv))
+        return x
+
+    def guided(self, x, self_mask, cross: Optional[GuidedCross]):
+        """The stack under classifier-free guidance: x [B, T, D] is the embedding both halves
+        share; returns [2B, T, D] (text rows, then null-text rows). The first layer's
+        self-attention runs once for both halves, every cross-attention on the text rows only."""
+        graph, state = nnx.split(self.layers)
+        kv = None if cross is None else cross.kv
+        null = None if cross is None else cross.null_out
+        at = lambda tree, index: jax.tree.map(lambda a: a[index], tree)
+
+        def run(h, layer_state, layer_kv, layer_null, shared=False):
+            layer_cross = None if cross is None else GuidedCross(kv=layer_kv, mask=cross.mask, null_out=layer_null)
+            return nnx.merge(graph, layer_state).guided(h, self_mask, layer_cross, shared=shared)
+
+        x = run(x, at(state, 0), at(kv, 0), at(null, 0), shared=True)
+        x, _ = jax.lax.scan(lambda h, xs: (run(h, *xs), None), x, (at(state, slice(1, None)),
+                            at(kv, slice(1, None)), at(null, slice(1, None))), unroll=self.unroll)
         return x
