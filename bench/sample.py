@@ -1,20 +1,30 @@
 """Sampling benchmark: compile time, latency, tokens/s and real-time factor of one generation,
-optionally against audiocraft's own `MagnetLMModel.generate` on the same random weights.
+a roofline line, and audiocraft's own `MagnetLMModel.generate` on the same random weights.
 
-    python bench/sample.py --config configs/tiny.py [--batch 1] [--duration SECONDS]
-        [--decoding-steps 20,10,10,10] [--reps 3] [--reference] [--config.section.key=value ...]
+    python bench/sample.py --config configs/tiny.py [--batch 1[,4,16,64]] [--duration SECONDS]
+        [--decoding-steps 20,10,10,10] [--reps 3] [--reference] [--ref-backends xformers,torch]
+        [--config.section.key=value ...]
 
 Random LM weights (MagnetLM of the config, seed 0) and a random projected text condition
 [B, 16, dim]; no text encoder and no codec: the LM's sampler only. T = duration * frame rate
 (default duration: data.segment_duration). On CPU the LM computes in float32 unless
 `--config.lm.dtype=...` is given. Latency is the median over `--reps` generations after a
-warm-up; the compile time is lower + compile of the whole sampler program.
+warm-up; the compile time is lower + compile of the whole sampler program. `--batch` takes a
+list: one line per batch size (throughput).
+
+Roofline (first batch size): the FLOPs one decoding forward needs (stage 0 and stage > 0,
+`magnet_jax.decode.cost`), divided by this machine's matmul rate measured in the same run (a
+2048^3 float32 matmul, jitted, best of 5), beside the measured time of that forward alone.
 
 With `--reference` (PyTorch and audiocraft 1.3.0 importable), audiocraft's MagnetLMModel
 (tests/reference/audiocraft_lm.py) gets the same weights (ours, converted to its state
 dict), the same condition, steps and sampling settings, and runs in float32 with
 torch.inference_mode() and all CPU threads; its latency is the median of `--reps` runs
-(no warm-up; progress on stderr) and the line ends with reference_latency / our_latency.
+(no warm-up; progress on stderr). It runs with each attention backend of `--ref-backends`:
+'xformers' is what audiocraft's MAGNeT loader selects (an exact torch stand-in here, the
+faithful configuration); 'torch' is audiocraft's default (scaled_dot_product_attention,
+faster on CPU, but it turns the restricted stage > 0 attention into causal attention, so it
+computes another model). The line ends with the fastest reference latency over ours.
 """
 from __future__ import annotations
 
@@ -30,7 +40,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/tiny.py")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", default="1", help="batch size, or a comma-separated list (one line each)")
     p.add_argument("--duration", type=float, default=0.0, help="seconds of audio (default: data.segment_duration)")
     p.add_argument("--decoding-steps", default="", help="per codebook, e.g. 20,10,10,10 (default: the config's)")
     p.add_argument("--reps", type=int, default=3)
@@ -39,11 +49,21 @@ def _parse():
     p.add_argument("--compile-only", action="store_true", help="only time lowering + compilation")
     p.add_argument("--reference", action="store_true", help="also time audiocraft's MagnetLMModel.generate")
     p.add_argument("--ref-threads", type=int, default=0, help="torch threads for the reference (default: all CPUs)")
+    p.add_argument("--ref-backends", default="xformers,torch",
+                   help="audiocraft attention backends to time (xformers: faithful; torch: faster, wrong at stage > 0)")
+    p.add_argument("--no-roofline", action="store_true", help="skip the matmul-rate and per-forward timing")
     from magnet_jax.config_io import parse_args_and_overrides
 
     args, overrides = parse_args_and_overrides(p, "--config.decode.temperature=2.0")
-    if args.batch < 1 or args.reps < 1:
+    try:
+        args.batch = [int(b) for b in str(args.batch).split(",")]
+    except ValueError:
+        p.error(f"--batch takes integers separated by commas, got {args.batch!r}")
+    if min(args.batch) < 1 or args.reps < 1:
         p.error("--batch and --reps must be >= 1")
+    args.ref_backends = [b for b in args.ref_backends.split(",") if b]
+    if not set(args.ref_backends) <= {"xformers", "torch"}:
+        p.error(f"--ref-backends: xformers and/or torch, got {args.ref_backends}")
     return args, overrides
 
 
@@ -113,6 +133,54 @@ def _check_round_trip(params, sd, lm_cfg):
             raise AssertionError(f"weight export round trip differs at {jax.tree_util.keystr(path)}")
 
 
+def _median_time(fn, reps):
+    import jax
+
+    times = []
+    for r in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(r))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def matmul_rate(n: int = 2048, reps: int = 5) -> float:
+    """This machine's float32 matmul rate (FLOP/s): the best of `reps` jitted n^3 products."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    mm = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(mm(a))
+    best = min(_median_time(lambda _: mm(a), 1)[0] for _ in range(reps))
+    return 2 * n ** 3 / best
+
+
+def _roofline(cfg, sampler, cond, mask, length, reps):
+    """Per-forward time of the guided decoding forward at stage 0 and 1 beside its FLOPs / matmul rate."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from magnet_jax.decode.cost import decode_forward_flops
+
+    c = cfg.lm
+    rate = matmul_rate()
+    b = cond.shape[0]
+    parts = [f"matmul_gflops={rate / 1e9:.1f}"]
+    cross = jax.jit(lambda w: sampler._prepare(w, cond, mask))(sampler.params)
+    codes = jax.random.randint(jax.random.key(1), (b, c.n_q, length), 0, c.card + 1)
+    for stage in (0, 1):
+        fwd = jax.jit(lambda w, x, stage=stage: sampler._logits_fn(w, cross, stage, True)(x))
+        jax.block_until_ready(fwd(sampler.params, codes))
+        best = min(_median_time(lambda _: fwd(sampler.params, codes), 1)[0] for _ in range(max(reps, 5)))
+        flops = decode_forward_flops(c, b, length, cond.shape[1], stage)
+        parts.append(f"stage{stage}: fwd_ms={best * 1e3:.1f} gflop={flops / 1e9:.2f} roofline_ms={flops / rate * 1e3:.1f} "
+                     f"of_roofline={flops / rate / best:.0%}")
+    del nnx, jnp
+    return " ".join(parts)
+
+
 def main():
     args, overrides = _parse()
     import jax
@@ -132,61 +200,62 @@ def main():
     steps = tuple(int(s) for s in args.decoding_steps.split(",")) if args.decoding_steps else cfg.decode.decoding_steps
     duration = args.duration or cfg.data.segment_duration
     length = int(round(duration * cfg.data.frame_rate))
-    b, c = args.batch, cfg.lm
+    c = cfg.lm
     settings = SamplerSettings.from_config(cfg.decode, c.span_len, decoding_steps=steps)
     knobs = DecodeKnobs.from_config(cfg.decode)
     t_out = output_length(settings, length)
 
-    _log(f"{cfg.name}: building the LM (dim {c.dim}, {c.num_layers} layers, dtype {c.dtype}), B={b}, T={length}")
+    _log(f"{cfg.name}: building the LM (dim {c.dim}, {c.num_layers} layers, dtype {c.dtype}), T={length}, "
+         f"steps {steps}")
     lm = MagnetLM(c, rngs=nnx.Rngs(args.seed))
-    rng = np.random.default_rng(args.seed)
-    s = args.cond_len
-    cond_mask = np.ones((b, s), bool)
-    for i in range(1, b):  # padded conditions after the first row
-        cond_mask[i, int(rng.integers(1, s + 1)):] = False
-    condition = (rng.normal(size=(b, s, c.dim)) * cond_mask[..., None]).astype(np.float32)
     sampler = MagnetSampler(lm)
     key = jax.random.key(args.seed)
-    cond_j, mask_j = jnp.asarray(condition), jnp.asarray(cond_mask)
+    uptime = os.getloadavg()[0]
+    for index, b in enumerate(args.batch):
+        rng = np.random.default_rng(args.seed)
+        s = args.cond_len
+        cond_mask = np.ones((b, s), bool)
+        for i in range(1, b):  # padded conditions after the first row
+            cond_mask[i, int(rng.integers(1, s + 1)):] = False
+        condition = (rng.normal(size=(b, s, c.dim)) * cond_mask[..., None]).astype(np.float32)
+        cond_j, mask_j = jnp.asarray(condition), jnp.asarray(cond_mask)
 
-    _log("lowering + compiling the sampler")
-    t0 = time.perf_counter()
-    compiled = sampler.lower(cond_j, mask_j, key, settings, knobs, length=length).compile()
-    compile_s = time.perf_counter() - t0
-    if args.compile_only:
-        print(f"config={cfg.name} device={jax.devices()[0].platform} dtype={c.dtype} B={b} T={t_out} "
-              f"steps={','.join(map(str, steps))} compile_s={compile_s:.2f}", flush=True)
-        return
-    run = lambda k: compiled(sampler.params, cond_j, mask_j, None, k, knobs)
-    _log(f"compiled in {compile_s:.1f}s; warm-up")
-    codes = jax.block_until_ready(run(key))
-    assert codes.shape == (b, c.n_q, t_out) and not bool((codes == c.mask_id).any())
-    times = []
-    for r in range(args.reps):
+        _log(f"B={b}: lowering + compiling the sampler")
         t0 = time.perf_counter()
-        jax.block_until_ready(run(jax.random.fold_in(key, r + 1)))
-        times.append(time.perf_counter() - t0)
-        _log(f"rep {r + 1}/{args.reps}: {times[-1]:.3f}s")
-    latency = statistics.median(times)
-    tokens = b * c.n_q * t_out
-    audio_s = b * t_out / cfg.data.frame_rate
-    line = (f"config={cfg.name} device={jax.devices()[0].platform} dtype={c.dtype} B={b} T={t_out} "
-            f"steps={','.join(map(str, steps))} compile_s={compile_s:.2f} latency_s={latency:.4f} "
-            f"tokens_per_s={tokens / latency:.1f} rtf={audio_s / latency:.3f}")
+        compiled = sampler.lower(cond_j, mask_j, key, settings, knobs, length=length).compile()
+        compile_s = time.perf_counter() - t0
+        head = (f"config={cfg.name} device={jax.devices()[0].platform} dtype={c.dtype} B={b} T={t_out} "
+                f"steps={','.join(map(str, steps))} compile_s={compile_s:.2f}")
+        if args.compile_only:
+            print(head, flush=True)
+            continue
+        run = lambda k: compiled(sampler.params, cond_j, mask_j, None, k, knobs)
+        _log(f"compiled in {compile_s:.1f}s; warm-up")
+        codes = jax.block_until_ready(run(key))
+        assert codes.shape == (b, c.n_q, t_out) and not bool((codes == c.mask_id).any())
+        latency, times = _median_time(lambda r: run(jax.random.fold_in(key, r + 1)), args.reps)
+        _log("reps: " + ", ".join(f"{t:.3f}s" for t in times))
+        tokens = b * c.n_q * t_out
+        audio_s = b * t_out / cfg.data.frame_rate
+        line = f"{head} latency_s={latency:.4f} tokens_per_s={tokens / latency:.1f} rtf={audio_s / latency:.3f}"
+        if args.reference:
+            try:
+                refs = {backend: _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out, backend)
+                        for backend in args.ref_backends}
+            except ImportError as e:
+                _log(f"no reference: {e}")
+                line += " reference=unavailable"
+            else:
+                line += f" ref_threads={args.ref_threads or os.cpu_count()}"
+                line += "".join(f" ref_{k}_s={v:.4f} ref_{k}_over_ours={v / latency:.2f}" for k, v in refs.items())
+                line += f" fastest_ref_over_ours={min(refs.values()) / latency:.2f}"
+        print(line, flush=True)
+        if index == 0 and not args.no_roofline:
+            print(f"roofline B={b} T={t_out}: " + _roofline(cfg, sampler, cond_j, mask_j, t_out, args.reps), flush=True)
+    print(f"load1_before={uptime:.2f} load1_after={os.getloadavg()[0]:.2f}", flush=True)
 
-    if args.reference:
-        try:
-            ref_latency = _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out)
-        except ImportError as e:
-            _log(f"no reference: {e}")
-            line += " reference=unavailable"
-        else:
-            line += (f" ref_threads={args.ref_threads or os.cpu_count()} ref_latency_s={ref_latency:.4f}"
-                     f" ref_over_ours={ref_latency / latency:.2f}")
-    print(line, flush=True)
 
-
-def _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out):
+def _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out, backend="xformers"):
     import numpy as np
     from flax import nnx
 
@@ -195,18 +264,22 @@ def _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out):
 
     torch.set_num_threads(args.ref_threads or os.cpu_count() or 1)
     c, d = cfg.lm, cfg.decode
-    _log(f"reference: building audiocraft's MagnetLMModel (fp32, {torch.get_num_threads()} threads)")
+    _log(f"reference: building audiocraft's MagnetLMModel (fp32, {torch.get_num_threads()} threads, "
+         f"{backend} attention)")
     params = nnx.to_pure_dict(nnx.state(lm, nnx.Param))
     sd = to_audiocraft_state_dict(params, c)
     _check_round_trip(params, sd, c)
     ref = ref_lm.build_reference_magnet(c, condition, cond_mask, seq_len=length, seed=args.seed, init="none")
     ref.load_state_dict_numpy(sd)
+    ref.backend = backend
     del sd, params
-    # Same weights both sides: one short forward of a restricted stage must agree.
+    # Same weights both sides: one short forward must agree (a restricted stage where the backend honours it).
     probe_len = min(length, 24)
-    codes = np.random.default_rng(1).integers(0, c.card + 1, (args.batch, c.n_q, probe_len))
-    ours = np.asarray(lm(codes, condition, cond_mask, stage=1))
-    theirs = ref.logits(codes, list(range(args.batch)), stage=1)
+    b = len(condition)
+    codes = np.random.default_rng(1).integers(0, c.card + 1, (b, c.n_q, probe_len))
+    probe_stage = 1 if backend == "xformers" else 0  # the torch backend computes stage > 0 differently
+    ours = np.asarray(lm(codes, condition, cond_mask, stage=probe_stage))
+    theirs = ref.logits(codes, list(range(b)), stage=probe_stage)
     err = float(np.abs(ours - theirs).max())
     _log(f"reference: logits check on {probe_len} frames, max |ours - reference| = {err:.2e}")
     if not err <= 1e-3 * max(1.0, float(np.abs(theirs).max())):
@@ -222,13 +295,13 @@ def _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out):
                 _log(f"reference rep {r + 1}/{args.reps}: step {step}/{n} ({time.perf_counter() - started:.1f}s)")
 
         t0 = time.perf_counter()
-        out = ref.generate(list(range(args.batch)), max_gen_len=length, use_sampling=d.use_sampling,
+        out = ref.generate(list(range(b)), max_gen_len=length, use_sampling=d.use_sampling,
                            temp=d.temperature, top_k=d.top_k, top_p=d.top_p, max_cfg_coef=d.max_cfg_coef,
                            min_cfg_coef=d.min_cfg_coef, decoding_steps=list(steps),
                            anneal_temp=d.anneal_temperature, span_scoring=d.span_scoring,
                            span_arrangement=d.span_arrangement, callback=progress)
         times.append(time.perf_counter() - t0)
-        assert out.shape == (args.batch, c.n_q, t_out) and not (out == c.mask_id).any(), out.shape
+        assert out.shape == (b, c.n_q, t_out) and not (out == c.mask_id).any(), out.shape
         _log(f"reference rep {r + 1}/{args.reps}: {times[-1]:.3f}s ({total} steps)")
     return statistics.median(times)
 

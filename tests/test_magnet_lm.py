@@ -138,3 +138,40 @@ def test_banded_local_attention_equals_masked(t):
     for stage in (1, 3):
         np.testing.assert_allclose(banded(codes, cond, stage=stage), masked(codes, cond, stage=stage),
                                    rtol=1e-5, atol=1e-5)
+
+
+def _randomised(cfg, seed=0):
+    """A model with every parameter (biases, norms, layer scales included) drawn at random."""
+    model = MagnetLM(cfg, rngs=nnx.Rngs(seed))
+    state = nnx.state(model, nnx.Param)
+    leaves, tree = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    nnx.update(model, jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]))
+    return model
+
+
+@pytest.mark.parametrize("variant", [
+    dict(),  # the released layout: no attention biases, the null text's cross-attention is exactly 0
+    dict(bias_attn=True, bias_ff=True, bias_proj=True),  # a constant null output, computed once
+    dict(norm_first=False, bias_attn=True),  # post-norm: the cross-attention queries the layer input
+    dict(layer_scale=0.1, cross_attention_mask=True),
+], ids=["released", "biases", "post-norm", "layer-scale+mask"])
+def test_guided_forward_equals_the_doubled_batch(variant):
+    """decode_logits(guided=True) shares the first self-attention and skips the null rows'
+    cross-attention; it must give the logits of the plain forward over [text; null text]."""
+    cfg = dataclasses.replace(TINY, **variant)
+    model = _randomised(cfg)
+    codes, cond = _inputs(cfg, b=2, t=24, s=5)
+    mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    cond = cond * mask[..., None]
+    both_cond = jnp.concatenate([cond, jnp.zeros_like(cond)])
+    both_mask = jnp.concatenate([mask, jnp.zeros_like(mask)])
+    for stage in (0, 2):
+        expect = model(jnp.concatenate([codes, codes]), both_cond, both_mask, stage=stage, stage_logits_only=True)
+        cross = model.cross_context(cond, mask)
+        assert (cross.null_out is None) == (not cfg.bias_attn)
+        text, null = model.decode_logits(codes, cross, stage=stage, guided=True)
+        np.testing.assert_allclose(text, expect[:2], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(null, expect[2:], rtol=1e-5, atol=1e-5)
+        plain = model.decode_logits(codes, cross, stage=stage, guided=False)
+        np.testing.assert_allclose(plain, expect[:2], rtol=1e-5, atol=1e-5)

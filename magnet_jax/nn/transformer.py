@@ -110,18 +110,6 @@ class TransformerLayer(nnx.Module):
             x = self.cross_block(x, src, cross_kv, cross_mask)
         return self.ffn_block(x)
 
-    def guided(self, x, self_mask, cross: Optional["GuidedCross"], shared: bool = False):
-        """The layer under classifier-free guidance. shared: x [B, T, D] is the input of both
-        halves (identical rows), so the self-attention runs once; returns [2B, T, D]."""
-        x = constrain(x, ("batch", "length", "embed"))
-        src = x
-        x = self.self_block(x, self_mask)
-        if shared:
-            x, src = jnp.concatenate([x, x], axis=0), jnp.concatenate([src, src], axis=0)
-        if self.cross_attn is not None and cross is not None:
-            x = self.guided_cross_block(x, src, cross)
-        return self.ffn_block(x)
-
 
 @struct.dataclass
 class GuidedCross:
@@ -177,17 +165,22 @@ class TransformerStack(nnx.Module):
     def guided(self, x, self_mask, cross: Optional[GuidedCross]):
         """The stack under classifier-free guidance: x [B, T, D] is the embedding both halves
         share; returns [2B, T, D] (text rows, then null-text rows). The first layer's
-        self-attention runs once for both halves, every cross-attention on the text rows only."""
+        self-attention runs once for both halves, every cross-attention on the text rows only.
+        One scan over all layers (slicing the stacked weights would copy them)."""
         graph, state = nnx.split(self.layers)
-        kv = None if cross is None else cross.kv
-        null = None if cross is None else cross.null_out
-        at = lambda tree, index: jax.tree.map(lambda a: a[index], tree)
+        b = x.shape[0]
 
-        def run(h, layer_state, layer_kv, layer_null, shared=False):
-            layer_cross = None if cross is None else GuidedCross(kv=layer_kv, mask=cross.mask, null_out=layer_null)
-            return nnx.merge(graph, layer_state).guided(h, self_mask, layer_cross, shared=shared)
+        def body(h, xs):
+            layer_state, layer_kv, layer_null, index = xs
+            layer = lambda: nnx.merge(graph, layer_state)
+            shared = lambda h: jnp.concatenate([layer().self_block(h[:b], self_mask)] * 2, axis=0)
+            y = jax.lax.cond(index == 0, shared, lambda h: layer().self_block(h, self_mask), h)
+            if cross is not None:
+                y = layer().guided_cross_block(y, h, GuidedCross(kv=layer_kv, mask=cross.mask, null_out=layer_null))
+            return layer().ffn_block(y), None
 
-        x = run(x, at(state, 0), at(kv, 0), at(null, 0), shared=True)
-        x, _ = jax.lax.scan(lambda h, xs: (run(h, *xs), None), x, (at(state, slice(1, None)),
-                            at(kv, slice(1, None)), at(null, slice(1, None))), unroll=self.unroll)
+        xs = (state, None if cross is None else cross.kv, None if cross is None else cross.null_out,
+              jnp.arange(self.num_layers))
+        x, _ = jax.lax.scan(body, jnp.concatenate([x, x], axis=0), xs, unroll=self.unroll)
         return x
+

@@ -198,10 +198,12 @@ def load_audiocraft() -> _Audiocraft:
 
 
 @contextlib.contextmanager
-def _xformers_backend(transformer_module):
-    """The backend audiocraft's MAGNeT loader selects, for the duration of a call."""
+def _xformers_backend(transformer_module, backend: str = "xformers"):
+    """The backend audiocraft's MAGNeT loader selects ('xformers'), for the duration of a call.
+    'torch' (scaled_dot_product_attention) is faster on CPU but turns the restricted stage > 0
+    mask into a causal one: benchmarks only."""
     before = transformer_module._efficient_attention_backend
-    transformer_module.set_efficient_attention_backend("xformers")
+    transformer_module.set_efficient_attention_backend(backend)
     try:
         yield
     finally:
@@ -255,6 +257,7 @@ class ReferenceMagnet:
     lm_cfg: tp.Any
     seq_len: int
     audiocraft: _Audiocraft
+    backend: str = "xformers"  # 'torch': audiocraft's default backend, wrong at stages > 0 (benchmarks)
 
     def state_dict_numpy(self) -> tp.Dict[str, np.ndarray]:
         """The LM's tensors (emb.*, transformer.*, out_norm.*, linears.*), what our converter consumes."""
@@ -276,7 +279,7 @@ class ReferenceMagnet:
 
     def _call(self):
         stack = contextlib.ExitStack()
-        stack.enter_context(_xformers_backend(self.audiocraft.transformer))
+        stack.enter_context(_xformers_backend(self.audiocraft.transformer, self.backend))
         stack.enter_context(self.audiocraft.torch.inference_mode())
         return stack
 
