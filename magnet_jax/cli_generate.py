@@ -77,6 +77,22 @@ def _overrides(args) -> dict:
     return {k: v for k, v in ov.items() if v is not None}
 
 
+def _check_decoding_args(args) -> None:
+    """The decoding flags' own limits, checked before the model loads (its defaults fill the rest)."""
+    from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
+    from magnet_jax.pipeline import check_duration
+
+    if args.duration is not None:
+        check_duration(args.duration)
+    if args.decoding_steps is not None:
+        SamplerSettings(decoding_steps=tuple(args.decoding_steps))
+    if args.top_k is not None and args.top_k < 0:
+        raise ValueError(f"--top-k must be >= 0 (0: no top-k filtering), got {args.top_k}")
+    given = {k: getattr(args, k) for k in ("temperature", "top_p", "max_cfg_coef", "min_cfg_coef")
+             if getattr(args, k) is not None}
+    DecodeKnobs.create(**given)
+
+
 def _out_paths(out: str, n: int) -> List[Path]:
     path = Path(out)
     if path.suffix.lower() not in (".wav", ".flac"):
@@ -96,6 +112,7 @@ def run_generate(args, overrides: List[str]) -> int:
     if args.batch_size < 0:
         raise ValueError(f"--batch-size must be >= 0 (0: all prompts at once), got {args.batch_size}")
     paths = _out_paths(args.out, len(args.prompts))  # fail on a bad input before loading anything
+    _check_decoding_args(args)
     t0 = time.perf_counter()
     model = _load(args)
     print(f"loaded {model.name} in {time.perf_counter() - t0:.1f} s ({model.sample_rate} Hz, "

@@ -12,6 +12,7 @@ every call may override them.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import jax
@@ -25,11 +26,25 @@ from magnet_jax.decode.long_form import generate_long
 from magnet_jax.decode.sampler import MagnetSampler, output_length
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 
+# Longer audio is windowed, one full decoding per window: an hour is ~540 windows of a 10 s model.
+MAX_DURATION_S = 3600.0
 # audiocraft's spellings of the decoding knobs -> ours.
 _ALIASES = {"temp": "temperature", "anneal_temp": "anneal_temperature"}
 # span_len is the trained model's, never a decoding choice.
 _DECODE_KEYS = ({f.name for f in dataclasses.fields(SamplerSettings)} - {"span_len"}) | {
     "temperature", "max_cfg_coef", "min_cfg_coef", "top_p"}
+
+
+def check_duration(duration: float) -> float:
+    """A requested duration in seconds, or a clear error."""
+    duration = float(duration)
+    if not math.isfinite(duration) or duration <= 0:
+        raise ValueError(f"duration must be a positive number of seconds, got {duration}")
+    if duration > MAX_DURATION_S:
+        raise ValueError(f"duration {duration:g} s is longer than the limit of {MAX_DURATION_S:g} s: audio beyond the "
+                         "trained segment is generated window by window (one full decoding each), so this would "
+                         "run for hours; generate it in parts with generate_continuation")
+    return duration
 
 
 class MAGNeT:
@@ -117,10 +132,7 @@ class MAGNeT:
     # -- generation -------------------------------------------------------------------------
 
     def _frames(self, duration: Optional[float]) -> int:
-        duration = self.duration if duration is None else float(duration)
-        if duration <= 0:
-            raise ValueError(f"duration must be positive seconds, got {duration}")
-        return int(duration * self.frame_rate)
+        return int(check_duration(self.duration if duration is None else duration) * self.frame_rate)
 
     def generate_codes(self, descriptions: Sequence[Optional[str]], *, duration: Optional[float] = None,
                        seed: int = 0, prompt_codes=None, progress: Optional[Callable[[int, int], None]] = None,
@@ -137,18 +149,14 @@ class MAGNeT:
         if prompt is not None and prompt.shape[:2] != (len(descriptions), self.config.lm.n_q):
             raise ValueError(f"prompt codes must be [B={len(descriptions)}, K={self.config.lm.n_q}, P], "
                              f"got {tuple(prompt.shape)}")
+        # One compiled program per window; progress(done, total) comes from inside it, per step.
         if total <= segment:  # as audiocraft: trimmed to whole spans for non-overlapping spans
-            if progress is not None:
-                codes = self.sampler.generate_with_progress(cond, mask, key, settings, knobs, length=total,
-                                                            prompt=prompt, progress=progress)
-            else:
-                codes = self.sampler.generate(cond, mask, key, settings, knobs, length=total, prompt=prompt)
+            codes = self.sampler.generate(cond, mask, key, settings, knobs, length=total, prompt=prompt,
+                                          progress=progress)
         else:  # longer than the trained segment: windows continuing each other's last third
             overlap = output_length(settings, max(settings.span_len, window // 3)) or settings.span_len
             codes = generate_long(self.sampler, cond, mask, key, settings, knobs, total_length=total, window=window,
-                                  overlap=overlap, prompt=prompt,
-                                  on_window=None if progress is None else
-                                  (lambda i, c: progress(min(c.shape[-1], total), total)))
+                                  overlap=overlap, prompt=prompt, progress=progress)
         return np.asarray(jax.device_get(codes))
 
     def decode_codes(self, codes) -> np.ndarray:

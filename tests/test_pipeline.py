@@ -86,6 +86,12 @@ def test_sampling_is_seeded_and_knobs_override(pipeline):
         pipeline.generate_codes(["rain"], decoding_steps=(2, 1))
     with pytest.raises(TypeError, match="unknown decoding setting"):  # the trained model's, not a knob
         pipeline.generate_codes(["rain"], span_len=1)
+    for bad, match in [(dict(duration=float("nan")), "positive number"), (dict(duration=float("inf")), "positive"),
+                       (dict(duration=1e7), "limit of 3600"), (dict(decoding_steps=(1_000_000, 1, 1, 1)), "at most 1000"),
+                       (dict(temperature=-1.0), "temperature must be >= 0"), (dict(top_p=1.5), r"top_p must be in \[0, 1\]"),
+                       (dict(top_p=-0.1), "top_p"), (dict(max_cfg_coef=float("nan")), "finite")]:
+        with pytest.raises(ValueError, match=match):
+            pipeline.generate_codes(["rain"], **bad)
 
 
 def test_longer_than_segment_and_continuation(pipeline):
@@ -119,16 +125,23 @@ def test_converted_cache_loads_without_pickles(folder, tmp_path, monkeypatch):
     np.testing.assert_array_equal(first.generate_codes(["rain"], **kw), third.generate_codes(["rain"], **kw))
 
 
-def test_cli_generate_and_convert(folder, tmp_path):
+def test_cli_generate_and_convert(folder, tmp_path, capsys):
     from magnet_jax.cli import main
     from magnet_jax.data.audio_io import read_audio
 
     common = ["--cache-dir", str(tmp_path / "cache"), "--offline"]
     assert main(["generate", "x", "--model", str(folder), "--batch-size", "-1", *common]) == 2
+    # refused before loading anything (the model folder does not even exist)
+    nowhere = str(tmp_path / "nowhere")
+    for bad, says in ((["--decoding-steps", "1000000", "1", "1", "1"], "at most 1000"), (["--duration", "1e7"], "limit"),
+                      (["--duration", "nan"], "positive number"), (["--temperature", "-1"], "temperature"),
+                      (["--top-p", "2"], "top_p"), (["--top-k", "-5"], "top-k")):
+        assert main(["generate", "x", "--model", nowhere, *bad, *common]) == 2
+        assert says in capsys.readouterr().err
     assert main(["convert", str(folder), *common]) == 0
     out = tmp_path / "out" / "clip.wav"
     rc = main(["generate", "80s disco", "rain", "--model", str(folder), "--out", str(out), "--seed", "1",
-               "--decoding-steps", "2", "1", "1", "1", "--no-progress", "--strategy", "peak", *common])
+               "--decoding-steps", "2", "1", "1", "1", "--strategy", "peak", *common])  # progress bar on
     assert rc == 0
     for i in range(2):
         wav, sr = read_audio(tmp_path / "out" / f"clip_{i}.wav")

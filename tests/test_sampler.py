@@ -102,14 +102,28 @@ def test_stepwise_driver_equals_compiled_driver(sampler):
     key = jax.random.key(11)
     fused = sampler.generate(cond, mask, key, settings, knobs, length=30)
     seen = []
-    stepped = sampler.generate_with_progress(cond, mask, key, settings, knobs, length=30,
-                                             progress=lambda i, n: seen.append((i, n)))
-    np.testing.assert_array_equal(np.asarray(stepped), np.asarray(fused))
-    assert seen == [(i + 1, sum(STEPS)) for i in range(sum(STEPS))]
-    # Streaming: stage k is complete (no mask ids) once its last step has run.
-    for stage, step, codes in sampler.generate_stepwise(cond, mask, key, settings, knobs, length=30):
-        if step == STEPS[stage] - 1:
+    for stage, step, codes in sampler.generate_stepwise(cond, mask, key, settings, knobs, length=30,
+                                                        progress=lambda i, n: seen.append((i, n))):
+        if step == STEPS[stage] - 1:  # streaming: stage k is complete once its last step has run
             assert not (np.asarray(codes)[:, :stage + 1] == CFG.mask_id).any()
+    np.testing.assert_array_equal(np.asarray(codes), np.asarray(fused))
+    assert seen == [(i + 1, sum(STEPS)) for i in range(sum(STEPS))]
+
+
+def test_progress_comes_from_inside_the_one_program(sampler):
+    """A progress listener changes neither the codes nor the dispatch: one call of the fused
+    program, every step reported from inside it."""
+    cond, mask = _condition()
+    settings = SamplerSettings(decoding_steps=STEPS, use_sampling=True)
+    knobs = DecodeKnobs.create(temperature=2.0, top_p=0.9)
+    key = jax.random.key(12)
+    plain = sampler.generate(cond, mask, key, settings, knobs, length=30)
+    seen = []
+    steps_before = sampler._step_jit._cache_size()
+    reported = sampler.generate(cond, mask, key, settings, knobs, length=30, progress=lambda i, n: seen.append((i, n)))
+    np.testing.assert_array_equal(np.asarray(reported), np.asarray(plain))
+    assert sorted(seen) == [(i + 1, sum(STEPS)) for i in range(sum(STEPS))]
+    assert sampler._step_jit._cache_size() == steps_before  # no step-wise dispatch
 
 
 def test_sampling_same_seed_same_codes_different_seed_differs(sampler):
@@ -166,6 +180,14 @@ def test_bad_inputs_are_clear_errors(sampler):
         sampler.generate(cond[..., :8], mask, jax.random.key(0), settings, length=30)
     with pytest.raises(ValueError, match="span_arrangement"):
         SamplerSettings(span_arrangement="overlap")
+    with pytest.raises(ValueError, match="at most 1000 steps per codebook"):
+        SamplerSettings(decoding_steps=(1_000_000, 1, 1, 1))
+    for bad, match in [(dict(temperature=-0.5), "temperature"), (dict(top_p=1.01), "top_p"),
+                       (dict(min_cfg_coef=float("inf")), "finite")]:
+        with pytest.raises(ValueError, match=match):
+            DecodeKnobs.create(**bad)
+    # traced knobs are not checked (and not refused) at trace time
+    jax.jit(lambda t: DecodeKnobs.create(temperature=t).temperature)(jnp.float32(1.0))
 
 
 def test_long_form_generation_continues_windows(sampler):
@@ -176,8 +198,11 @@ def test_long_form_generation_continues_windows(sampler):
     key = jax.random.key(4)
     before = sampler._generate_jit._cache_size()
     windows = []
+    seen = []
     codes = generate_long(sampler, cond, mask, key, settings, total_length=75, window=30, overlap=9,
-                          on_window=lambda i, c: windows.append(np.asarray(c)))
+                          on_window=lambda i, c: windows.append(np.asarray(c)), progress=lambda i, n: seen.append((i, n)))
+    assert sorted(seen) == [(i + 1, 4 * 9) for i in range(4 * 9)]  # 4 windows of 9 steps, counted as one run
+    assert sampler._generate_jit._cache_size() - before <= 2  # one program per window shape
     assert codes.shape == (2, CFG.n_q, 75) and not (np.asarray(codes) == CFG.mask_id).any()
     first = sampler.generate(cond, mask, jax.random.fold_in(key, 0), settings, length=30)
     np.testing.assert_array_equal(np.asarray(codes)[..., :30], np.asarray(first))
@@ -186,6 +211,5 @@ def test_long_form_generation_continues_windows(sampler):
                               prompt=jnp.asarray(windows[0][..., -9:]))
     np.testing.assert_array_equal(np.asarray(codes)[..., 21:51], np.asarray(second))
     assert [w.shape[-1] for w in windows] == [30, 51, 72, 93]
-    assert sampler._generate_jit._cache_size() - before <= 2  # one program per window shape
     with pytest.raises(ValueError, match="multiple of span_len"):
         generate_long(sampler, cond, mask, key, settings, total_length=75, window=31, overlap=9)

@@ -18,12 +18,14 @@ from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 def generate_long(sampler: MagnetSampler, condition, condition_mask, key, settings: SamplerSettings,
                   knobs: Optional[DecodeKnobs] = None, *, total_length: int, window: int, overlap: int,
                   prompt: Optional[jnp.ndarray] = None,
-                  on_window: Optional[Callable[[int, jnp.ndarray], None]] = None) -> jnp.ndarray:
+                  on_window: Optional[Callable[[int, jnp.ndarray], None]] = None,
+                  progress: Optional[Callable[[int, int], None]] = None) -> jnp.ndarray:
     """codes [B, K, total_length].
 
     window: frames per generation (at most what the model was trained on); overlap: frames
     of context carried into the next window (0 < overlap < window). `prompt` optionally
-    continues given audio codes. `on_window(i, codes_so_far)` is called after each window.
+    continues given audio codes. `on_window(i, codes_so_far)` is called after each window,
+    `progress(done, total)` after every decoding step of every window.
     """
     step = output_length(settings, window)
     if step != window:
@@ -33,8 +35,15 @@ def generate_long(sampler: MagnetSampler, condition, condition_mask, key, settin
         raise ValueError(f"overlap must be in (0, window={window}), got {overlap}")
     if prompt is not None and prompt.shape[-1] >= window:
         raise ValueError(f"the prompt ({prompt.shape[-1]} frames) must be shorter than the window ({window})")
+    windows = 1 + -(-max(0, total_length - window) // (window - overlap))
+
+    def window_progress(index):
+        if progress is None:
+            return None
+        return lambda done, total: progress(index * total + done, windows * total)
+
     codes = sampler.generate(condition, condition_mask, jax.random.fold_in(key, 0), settings, knobs,
-                             length=window, prompt=prompt)
+                             length=window, prompt=prompt, progress=window_progress(0))
     index = 0
     if on_window is not None:
         on_window(index, codes)
@@ -42,7 +51,7 @@ def generate_long(sampler: MagnetSampler, condition, condition_mask, key, settin
         index += 1
         tail = codes[..., -overlap:]
         new = sampler.generate(condition, condition_mask, jax.random.fold_in(key, index), settings, knobs,
-                               length=window, prompt=tail)
+                               length=window, prompt=tail, progress=window_progress(index))
         codes = jnp.concatenate([codes, new[..., overlap:]], axis=-1)
         if on_window is not None:
             on_window(index, codes)

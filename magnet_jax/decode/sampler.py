@@ -9,7 +9,8 @@ per-step span counts from host tables, the cross-attention keys/values of the te
 computed once before the loop. Under classifier-free guidance the [text; null text] batch
 shares its embedding and first self-attention, and only the text rows cross-attend (the
 null text's cross-attention output is a constant: zero without attention biases). `generate_stepwise` runs the very same step
-function from Python, one dispatch per step, for progress callbacks and streaming.
+function from Python, one dispatch per step, for streaming intermediate codes; progress
+callbacks come from inside the one program (`generate(..., progress=fn)`).
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ class MagnetSampler:
         self.mesh, self.rules = mesh, tuple(rules or ())
         if mesh is not None:
             self.params = jax.device_put(self.params, tree_shardings(self.params, mesh, self.rules))
-        self._generate_jit = jax.jit(self._generate, static_argnames=("settings", "length"))
+        self._generate_jit = jax.jit(self._generate, static_argnames=("settings", "length", "report"))
+        self._listener: Optional[ProgressFn] = None
         self._prepare_jit = jax.jit(self._prepare)
         self._step_jit = jax.jit(self._step, static_argnames=("stage", "settings", "length", "prompt_len"))
 
@@ -76,21 +78,32 @@ class MagnetSampler:
             codes = codes.at[:, :, :prompt.shape[-1]].set(prompt.astype(jnp.int32))
         return codes
 
-    def _generate(self, params, condition, condition_mask, prompt, key, knobs, *, settings, length):
+    def _generate(self, params, condition, condition_mask, prompt, key, knobs, *, settings, length, report=False):
         cross = self._prepare(params, condition, condition_mask)
         length = output_length(settings, length)
         prompt_len = 0 if prompt is None else prompt.shape[-1]
         codes = self._initial_codes(prompt, condition.shape[0], length)
+        done = 0
         for stage, steps in enumerate(settings.decoding_steps):
             tables = StageTables.build(settings, steps, length, prompt_len)
             logits_fn = self._logits_fn(params, cross, stage, settings.cfg)
 
-            def body(i, state, stage=stage, tables=tables, logits_fn=logits_fn):
-                return decode_step(logits_fn, state, i, step_key(key, stage, i), knobs, stage=stage, tables=tables,
-                                   settings=settings, mask_id=self.config.mask_id, prompt=prompt)
+            def body(i, state, stage=stage, tables=tables, logits_fn=logits_fn, done=done):
+                state = decode_step(logits_fn, state, i, step_key(key, stage, i), knobs, stage=stage, tables=tables,
+                                    settings=settings, mask_id=self.config.mask_id, prompt=prompt)
+                if report:  # from inside the program: no per-step dispatch
+                    jax.debug.callback(self._report, done + i + 1, settings.total_steps, state.codes[0, 0, 0])
+                return state
 
             codes = jax.lax.fori_loop(0, steps, body, initial_stage_state(codes, tables)).codes
+            done += steps
         return codes
+
+    def _report(self, done, total, _):
+        """Host side of the in-program progress callback: the listener of the running call.
+        (Its operand orders the callback after the step's codes.)"""
+        if self._listener is not None:
+            self._listener(int(done), int(total))
 
     def _step(self, params, cross, state, i, key, knobs, prompt, *, stage, settings, length,
               prompt_len):
@@ -149,19 +162,28 @@ class MagnetSampler:
     # -- drivers -------------------------------------------------------------------------
 
     def generate(self, condition, condition_mask, key, settings: SamplerSettings, knobs: Optional[DecodeKnobs] = None,
-                 *, length: int, prompt: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+                 *, length: int, prompt: Optional[jnp.ndarray] = None,
+                 progress: Optional[ProgressFn] = None) -> jnp.ndarray:
         """codes int32 [B, K, T'] (T' = length, trimmed to a multiple of span_len when chunked).
 
         condition: projected text condition [B, S, dim] with its mask [B, S]; prompt: codes
-        [B, K, P] kept fixed (continuation).
+        [B, K, P] kept fixed (continuation). progress(done, total) is called after every step,
+        from inside the one compiled program (a host callback; same codes as without it).
         """
         knobs = DecodeKnobs.create() if knobs is None else knobs
         condition_mask = jnp.asarray(condition_mask).astype(bool)
         self._check_inputs(condition, condition_mask, prompt, settings, length)
         b, (condition, condition_mask, prompt) = self._place(condition, condition_mask, prompt)
-        with self._context():
-            codes = self._generate_jit(self.params, condition, condition_mask, prompt, key, knobs,
-                                       settings=settings, length=length)
+        self._listener = progress
+        try:
+            with self._context():
+                codes = self._generate_jit(self.params, condition, condition_mask, prompt, key, knobs,
+                                           settings=settings, length=length, report=progress is not None)
+                if progress is not None:
+                    codes = jax.block_until_ready(codes)  # every callback has run before the listener goes
+                    jax.effects_barrier()
+        finally:
+            self._listener = None
         return codes[:b]
 
     def lower(self, condition, condition_mask, key, settings, knobs=None, *, length, prompt=None):
@@ -199,12 +221,6 @@ class MagnetSampler:
                         progress(done, total)
                     yield stage, i, state.codes[:b]
                 codes = state.codes
-
-    def generate_with_progress(self, *args, progress: Optional[ProgressFn] = None, **kwargs) -> jnp.ndarray:
-        codes = None
-        for _, _, codes in self.generate_stepwise(*args, progress=progress, **kwargs):
-            pass
-        return codes
 
 
 def enable_compilation_cache(path: Optional[str] = None, min_compile_time_secs: float = 1.0) -> str:

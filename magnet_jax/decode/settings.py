@@ -4,11 +4,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Tuple
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from magnet_jax.config import DecodeConfig
 from magnet_jax.masking import available_schedules
+
+# Each decoding step is one LM forward; the released models use at most 60 per codebook.
+# Beyond this a generation runs for hours (about 6 s a step for magnet_small on 2 CPU cores).
+MAX_STEPS_PER_CODEBOOK = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +34,9 @@ class SamplerSettings:
     def __post_init__(self):
         if not self.decoding_steps or any(int(s) < 1 for s in self.decoding_steps):
             raise ValueError(f"decoding_steps must be positive step counts per stage, got {self.decoding_steps}")
+        if max(int(s) for s in self.decoding_steps) > MAX_STEPS_PER_CODEBOOK:
+            raise ValueError(f"decoding_steps {tuple(self.decoding_steps)}: at most {MAX_STEPS_PER_CODEBOOK} steps per "
+                             "codebook (each step is one forward of the LM; the released models use 10 to 60)")
         if self.span_len < 1:
             raise ValueError(f"span_len must be >= 1, got {self.span_len}")
         if self.span_scoring not in ("max", "prod"):
@@ -73,6 +82,16 @@ class DecodeKnobs:
 
     @classmethod
     def create(cls, temperature=3.0, max_cfg_coef=10.0, min_cfg_coef=1.0, top_p=0.9) -> "DecodeKnobs":
+        """Concrete values are checked here (traced ones cannot be)."""
+        values = dict(temperature=temperature, max_cfg_coef=max_cfg_coef, min_cfg_coef=min_cfg_coef, top_p=top_p)
+        for name, value in values.items():
+            if isinstance(value, jax.core.Tracer):
+                continue
+            v = np.asarray(value, np.float64)
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        _check(temperature, lambda v: v >= 0, "temperature must be >= 0 (0 is floored to 0.01, nearly greedy)")
+        _check(top_p, lambda v: (v >= 0) & (v <= 1), "top_p must be in [0, 1] (0 turns top-p filtering off)")
         f = lambda x: jnp.asarray(x, jnp.float32)
         return cls(f(temperature), f(max_cfg_coef), f(min_cfg_coef), f(top_p))
 
@@ -82,3 +101,10 @@ class DecodeKnobs:
                     top_p=cfg.top_p)
         vals.update({k: v for k, v in overrides.items() if k in vals})
         return cls.create(**vals)
+
+
+def _check(value, ok, message: str) -> None:
+    if isinstance(value, jax.core.Tracer):
+        return
+    if not np.all(ok(np.asarray(value, np.float64))):
+        raise ValueError(f"{message}, got {value}")
