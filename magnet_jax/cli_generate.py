@@ -55,7 +55,8 @@ def _model_args(p, with_model: bool = True) -> None:
     p.add_argument("--codec", default=None, help="local Hugging Face EnCodec folder")
     p.add_argument("--cache-dir", default=None, help="converted-model cache (default ~/.cache/magnet_jax)")
     p.add_argument("--offline", action="store_true", help="never download (use local folders / hub cache)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="LM compute dtype")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype of T5, the LM and the codec decoder (bfloat16 on accelerators)")
 
 
 def _load(args):

@@ -21,6 +21,7 @@ import typing
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+import jax.numpy as jnp
 from flax import nnx
 
 from magnet_jax import hub
@@ -98,7 +99,7 @@ def convert_sources(model_dir: Path, *, t5_dir: Optional[str], codec_dir: Option
     t5_folder = hub.resolve_component(config.conditioner.t5_name, explicit=t5_dir, model_dir=model_dir,
                                       subfolder="t5", env_var="MAGNET_JAX_T5_DIR", patterns=hub.T5_FILES,
                                       cache_dir=cache_dir, local_files_only=local_files_only, what="T5 encoder")
-    t5_config, t5 = load_t5_encoder(t5_folder)
+    t5_config, t5 = load_t5_encoder(t5_folder, dtype=jnp.dtype(dtype))
     if t5_config.d_model != config.conditioner.output_dim:
         raise ValueError(f"the T5 at {t5_folder} has width {t5_config.d_model}, but the LM's text projection takes "
                          f"{config.conditioner.output_dim} ({config.conditioner.t5_name}): wrong T5 folder")
@@ -139,7 +140,8 @@ def _load_cache(entry: Path, dtype: str):
     meta = json.loads((entry / "meta.json").read_text())
     config = config_from_dict(meta["config"])
     model = nnx.eval_shape(lambda: build_model(config, dtype=dtype))
-    t5 = nnx.eval_shape(lambda: T5Encoder(_dataclass_from_dict(T5Config, meta["t5"]), rngs=nnx.Rngs(0)))
+    t5 = nnx.eval_shape(lambda: T5Encoder(_dataclass_from_dict(T5Config, meta["t5"]), dtype=jnp.dtype(dtype),
+                                          rngs=nnx.Rngs(0)))
     codec = nnx.eval_shape(lambda: EncodecModel(_dataclass_from_dict(EncodecConfig, meta["codec"]), rngs=nnx.Rngs(0)))
     target = {"model": _pure(model), "t5": _pure(t5), "codec": _pure(codec)}
     with ocp.StandardCheckpointer() as ckpt:

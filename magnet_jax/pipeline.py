@@ -62,6 +62,7 @@ class MAGNeT:
         if generation_defaults == "audiocraft":
             config = dataclasses.replace(config, decode=AUDIOCRAFT_API_DECODE)
         self.config, self.name = config, name
+        self.compute_dtype = jnp.dtype(model.lm.config.dtype)
         self.model, self.t5, self.tokenizer, self.codec = model, t5, tokenizer, codec
         self.sampler = MagnetSampler(model.lm)
         proj_graph, proj_params = nnx.split(model.conditioner)
@@ -160,8 +161,10 @@ class MAGNeT:
         return np.asarray(jax.device_get(codes))
 
     def decode_codes(self, codes) -> np.ndarray:
-        """codes [B, K, T] -> waveform float32 [B, C, N] at `sample_rate`."""
-        return np.asarray(jax.device_get(self.codec.decode(jnp.asarray(codes, jnp.int32))))
+        """codes [B, K, T] -> waveform float32 [B, C, N] at `sample_rate` (the codec computes in
+        the LM's compute dtype: `dtype="bfloat16"` runs T5, the LM and the decoder in bfloat16)."""
+        dtype = None if self.compute_dtype == jnp.float32 else self.compute_dtype
+        return np.asarray(jax.device_get(self.codec.decode(jnp.asarray(codes, jnp.int32), dtype=dtype)))
 
     def generate(self, descriptions: Sequence[Optional[str]], *, duration: Optional[float] = None, seed: int = 0,
                  progress: Optional[Callable[[int, int], None]] = None, **overrides) -> np.ndarray:

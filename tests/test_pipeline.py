@@ -179,3 +179,19 @@ def test_codec_must_match_the_lm(pipeline):
                                                          codebook_dim=16), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="not a pair"):
         MAGNeT(pipeline.config, pipeline.model, pipeline.t5, pipeline.tokenizer, other)
+
+
+def test_bfloat16_end_to_end(folder, pipeline, tmp_path):
+    """One flag: T5, the LM and the codec decoder compute in bfloat16; the audio stays float32
+    and close to the float32 pipeline's decoding of the same codes."""
+    half = MAGNeT.from_pretrained(str(folder), cache_dir=str(tmp_path / "cache"), local_files_only=True,
+                                  dtype="bfloat16")
+    assert half.t5.dtype == jnp.bfloat16 and half.model.lm.config.dtype == "bfloat16"
+    cond, _ = half.encode_text(["rain"])
+    assert cond.dtype == jnp.bfloat16
+    codes = half.generate_codes(["rain"], seed=0, decoding_steps=(2, 1, 1, 1))
+    assert codes.shape == (1, 4, 48) and (codes < 2048).all()
+    wav = half.decode_codes(codes)
+    ref = pipeline.decode_codes(codes)
+    assert wav.dtype == np.float32 and np.isfinite(wav).all()
+    assert 0 < np.abs(wav - ref).max() <= 0.05 * np.abs(ref).max()  # computed in bfloat16, and close

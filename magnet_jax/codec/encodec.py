@@ -81,13 +81,17 @@ class EncodecModel(nnx.Module):
 
     # -- jitted API -------------------------------------------------------------------------
 
-    def _jit(self, name: str):
+    def _jit(self, name: str, dtype=None):
+        """The jitted method; with a `dtype` (e.g. bfloat16) its weights and activations run in it."""
         cache = _JITTED.setdefault(self, {})
-        if name not in cache:
+        key = (name, None if dtype is None else jnp.dtype(dtype).name)
+        if key not in cache:
             graphdef, state = nnx.split(self)
             method = {"encode": EncodecModel._encode, "decode": EncodecModel._decode}[name]
-            cache[name] = (jax.jit(lambda s, x: method(nnx.merge(graphdef, s), x)), state)
-        fn, state = cache[name]
+            cast = (lambda s: s) if dtype is None else (lambda s: jax.tree.map(
+                lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, s))
+            cache[key] = (jax.jit(lambda s, x: method(nnx.merge(graphdef, cast(s)), x).astype(jnp.float32)), state)
+        fn, state = cache[key]
         return lambda x: fn(state, x)
 
     def encode(self, wav) -> jnp.ndarray:
@@ -97,12 +101,12 @@ class EncodecModel(nnx.Module):
             raise ValueError(f"EnCodec takes audio [B, {self.channels}, N], got shape {tuple(wav.shape)}")
         return self._jit("encode")(wav)
 
-    def decode(self, codes) -> jnp.ndarray:
-        """codes int [B, K, T] -> wav float32 [B, C, T * hop]."""
+    def decode(self, codes, dtype=None) -> jnp.ndarray:
+        """codes int [B, K, T] -> wav float32 [B, C, T * hop]; `dtype`: compute dtype (default float32)."""
         codes = jnp.asarray(codes, jnp.int32)
         if codes.ndim != 3 or codes.shape[1] > self.num_codebooks:
             raise ValueError(f"codes must be [B, K<={self.num_codebooks}, T], got shape {tuple(codes.shape)}")
-        return self._jit("decode")(codes)
+        return self._jit("decode", dtype)(codes)
 
     def encode_batch(self, waves: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
         """Variable-length waveforms [C, N_i] -> (codes [B, K, T_max] zero-padded, frames per item)."""
