@@ -1,4 +1,5 @@
-"""A second process reuses the sampler compiled by the first (JAX's persistent cache)."""
+"""A second process reuses the programs compiled by the first (JAX's persistent cache): the
+sampler, the codec decoder and the T5 encoder."""
 import os
 import subprocess
 import sys
@@ -21,7 +22,16 @@ SCRIPT = textwrap.dedent("""
     codes = MagnetSampler(lm).generate(cond, mask, jax.random.key(0), SamplerSettings(decoding_steps=(2, 1, 1, 1)),
                                        length=12)
     print("CODES", codes.tolist())
-    print("HIT" if hits else "MISS")
+    after = [len(hits)]
+    from magnet_jax.codec import EncodecConfig, EncodecModel
+    from magnet_jax.text.t5 import T5Config, T5Encoder
+    codec = EncodecModel(EncodecConfig(num_filters=4, codebook_size=16, codebook_dim=8, hidden_size=8), rngs=nnx.Rngs(0))
+    jax.block_until_ready(codec.decode(codes))
+    after.append(len(hits))
+    t5 = T5Encoder(T5Config(vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2), rngs=nnx.Rngs(0))
+    jax.block_until_ready(jax.jit(lambda ids: t5(ids, jnp.ones_like(ids)))(jnp.ones((1, 4), jnp.int32)))
+    after.append(len(hits))
+    print("HITS", *after)  # cumulative cache hits after the sampler, the codec, T5
 """)
 
 
@@ -36,6 +46,7 @@ def _run(cache_dir):
 
 def test_second_process_hits_the_persistent_cache(tmp_path):
     codes1, first = _run(tmp_path / "xla")
-    assert first == "MISS" and any((tmp_path / "xla").iterdir())
+    assert first == "HITS 0 0 0" and any((tmp_path / "xla").iterdir())
     codes2, second = _run(tmp_path / "xla")
-    assert second == "HIT" and codes1 == codes2
+    sampler, codec, t5 = map(int, second.split()[1:])
+    assert 0 < sampler < codec < t5 and codes1 == codes2  # each part's programs come from the cache

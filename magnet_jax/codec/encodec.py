@@ -77,7 +77,7 @@ class EncodecModel(nnx.Module):
         return self.quantize(self.encoder(jnp.swapaxes(wav.astype(jnp.float32), 1, 2)))
 
     def _decode(self, codes):
-        return jnp.swapaxes(self.decoder(self.dequantize(codes)), 1, 2)
+        return jnp.swapaxes(self.decoder(self.dequantize(codes)), 1, 2).astype(jnp.float32)
 
     # -- jitted API -------------------------------------------------------------------------
 
@@ -90,7 +90,7 @@ class EncodecModel(nnx.Module):
             method = {"encode": EncodecModel._encode, "decode": EncodecModel._decode}[name]
             cast = (lambda s: s) if dtype is None else (lambda s: jax.tree.map(
                 lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, s))
-            cache[key] = (jax.jit(lambda s, x: method(nnx.merge(graphdef, cast(s)), x).astype(jnp.float32)), state)
+            cache[key] = (jax.jit(lambda s, x: method(nnx.merge(graphdef, cast(s)), x)), state)
         fn, state = cache[key]
         return lambda x: fn(state, x)
 

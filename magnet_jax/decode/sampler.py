@@ -187,11 +187,14 @@ class MagnetSampler:
         return codes[:b]
 
     def lower(self, condition, condition_mask, key, settings, knobs=None, *, length, prompt=None):
-        """The jitted program lowered for these shapes (compile it to time compilation)."""
+        """The jitted program lowered for these shapes (compile it to time compilation). Any input
+        may be a jax.ShapeDtypeStruct (ahead-of-time compilation for other devices)."""
         knobs = DecodeKnobs.create() if knobs is None else knobs
+        if not isinstance(condition_mask, jax.ShapeDtypeStruct):
+            condition_mask = jnp.asarray(condition_mask).astype(bool)
         with self._context():
-            return self._generate_jit.lower(self.params, condition, jnp.asarray(condition_mask).astype(bool),
-                                            prompt, key, knobs, settings=settings, length=length)
+            return self._generate_jit.lower(self.params, condition, condition_mask, prompt, key, knobs,
+                                            settings=settings, length=length)
 
     def generate_stepwise(self, condition, condition_mask, key, settings: SamplerSettings,
                           knobs: Optional[DecodeKnobs] = None, *, length: int, prompt=None,
