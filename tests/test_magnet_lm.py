@@ -130,11 +130,13 @@ def test_bf16_compute_keeps_fp32_params_and_logits():
     assert np.abs(np.asarray(out - ref)).max() < 0.2  # same function, bf16 rounding only
 
 
+@pytest.mark.parametrize("context", [2, 9], ids=["diagonal", "banded"])  # 5 keys offset by offset; 19 banded
 @pytest.mark.parametrize("t", [7, 24, 37, 64])
-def test_banded_local_attention_equals_masked(t):
-    banded = MagnetLM(TINY, rngs=nnx.Rngs(0))
-    masked = MagnetLM(dataclasses.replace(TINY, banded_local_attention=False), rngs=nnx.Rngs(0))
-    codes, cond = _inputs(TINY, t=t)
+def test_banded_local_attention_equals_masked(t, context):
+    cfg = dataclasses.replace(TINY, subcodes_context=context)
+    banded = MagnetLM(cfg, rngs=nnx.Rngs(0))
+    masked = MagnetLM(dataclasses.replace(cfg, banded_local_attention=False), rngs=nnx.Rngs(0))
+    codes, cond = _inputs(cfg, t=t)
     for stage in (1, 3):
         np.testing.assert_allclose(banded(codes, cond, stage=stage), masked(codes, cond, stage=stage),
                                    rtol=1e-5, atol=1e-5)

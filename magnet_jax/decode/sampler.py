@@ -8,9 +8,10 @@ index: attention mask, head, step count), the steps of a stage in `lax.fori_loop
 per-step span counts from host tables, the cross-attention keys/values of the text
 computed once before the loop. Under classifier-free guidance the [text; null text] batch
 shares its embedding and first self-attention, and only the text rows cross-attend (the
-null text's cross-attention output is a constant: zero without attention biases). `generate_stepwise` runs the very same step
-function from Python, one dispatch per step, for streaming intermediate codes; progress
-callbacks come from inside the one program (`generate(..., progress=fn)`).
+null text's cross-attention output is a constant: zero without attention biases).
+`generate_stepwise` runs the very same step function from Python, one dispatch per step,
+for streaming intermediate codes; progress callbacks come from inside the one program
+(`generate(..., progress=fn)`).
 """
 from __future__ import annotations
 
