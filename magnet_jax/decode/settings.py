@@ -85,11 +85,7 @@ class DecodeKnobs:
         """Concrete values are checked here (traced ones cannot be)."""
         values = dict(temperature=temperature, max_cfg_coef=max_cfg_coef, min_cfg_coef=min_cfg_coef, top_p=top_p)
         for name, value in values.items():
-            if isinstance(value, jax.core.Tracer):
-                continue
-            v = np.asarray(value, np.float64)
-            if not np.all(np.isfinite(v)):
-                raise ValueError(f"{name} must be a finite number, got {value}")
+            _check(value, np.isfinite, f"{name} must be a finite number")
         _check(temperature, lambda v: v >= 0, "temperature must be >= 0 (0 is floored to 0.01, nearly greedy)")
         _check(top_p, lambda v: (v >= 0) & (v <= 1), "top_p must be in [0, 1] (0 turns top-p filtering off)")
         f = lambda x: jnp.asarray(x, jnp.float32)
