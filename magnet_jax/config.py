@@ -97,6 +97,9 @@ class DecodeConfig:
     span_scoring: str = "max"  # 'max' | 'prod'
     span_arrangement: str = "nonoverlap"  # 'nonoverlap' | 'stride1'
     schedule: str = "cosine"
+    # Speed only (same codes): the last layer, head and sampling run at the smallest of this
+    # many static sizes holding a step's masked frames; more sizes save more, compile longer.
+    query_buckets: int = 8
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
-from magnet_jax.decode.stage import StageTables, decode_step, initial_stage_state, step_key
+from magnet_jax.decode.stage import StageTables, StepModel, decode_step, initial_stage_state, step_key
 from magnet_jax.models.magnet_lm import MagnetLM
 from magnet_jax.parallel.logical import axis_rules
 from magnet_jax.parallel.mesh import batch_axis_size, data_sharding, tree_shardings
@@ -72,6 +72,16 @@ class MagnetSampler:
 
         return logits
 
+    def _step_model(self, params, cross, stage, guided) -> StepModel:
+        def prefix(codes):
+            return self._lm(params).decode_prefix(codes, cross, stage=stage, guided=guided)
+
+        def logits_at(pre, positions, guidance):
+            return self._lm(params).decode_logits_at(pre, positions, cross, stage=stage, guided=guided,
+                                                     guidance=guidance)
+
+        return StepModel(prefix, logits_at)
+
     def _initial_codes(self, prompt, batch, length):
         k, mask_id = self.config.n_q, self.config.mask_id
         codes = jnp.full((batch, k, length), mask_id, jnp.int32)
@@ -87,10 +97,10 @@ class MagnetSampler:
         done = 0
         for stage, steps in enumerate(settings.decoding_steps):
             tables = StageTables.build(settings, steps, length, prompt_len)
-            logits_fn = self._logits_fn(params, cross, stage, settings.cfg)
+            model = self._step_model(params, cross, stage, settings.cfg)
 
-            def body(i, state, stage=stage, tables=tables, logits_fn=logits_fn, done=done):
-                state = decode_step(logits_fn, state, i, step_key(key, stage, i), knobs, stage=stage, tables=tables,
+            def body(i, state, stage=stage, tables=tables, model=model, done=done):
+                state = decode_step(model, state, i, step_key(key, stage, i), knobs, stage=stage, tables=tables,
                                     settings=settings, mask_id=self.config.mask_id, prompt=prompt)
                 if report:  # from inside the program: no per-step dispatch
                     jax.debug.callback(self._report, done + i + 1, settings.total_steps, state.codes[0, 0, 0])
@@ -109,7 +119,7 @@ class MagnetSampler:
     def _step(self, params, cross, state, i, key, knobs, prompt, *, stage, settings, length,
               prompt_len):
         tables = StageTables.build(settings, settings.decoding_steps[stage], length, prompt_len)
-        return decode_step(self._logits_fn(params, cross, stage, settings.cfg), state, i, step_key(key, stage, i),
+        return decode_step(self._step_model(params, cross, stage, settings.cfg), state, i, step_key(key, stage, i),
                            knobs, stage=stage, tables=tables, settings=settings, mask_id=self.config.mask_id,
                            prompt=prompt)
 

@@ -61,16 +61,19 @@ def top_k_threshold(probs: jnp.ndarray, k: int) -> jnp.ndarray:
     return _smallest_passing(probs, lambda x: (probs > x).sum(-1) < k)
 
 
-def inverse_cdf_draw(key: jax.Array, weights: jnp.ndarray) -> jnp.ndarray:
+def inverse_cdf_draw(key: jax.Array, weights: jnp.ndarray, uniform=None) -> jnp.ndarray:
     """Index drawn with probability weights / sum (weights >= 0, some > 0 per row), [..., V]
-    -> int32 [...]. One uniform per row; the cumulative sums go block, then entry within the
-    block, so the work is one pass over the row. The drawn entry always has weight > 0."""
+    -> int32 [...]. One uniform per row (drawn from `key`, or given: `uniform` [...] in
+    [0, 1)); the cumulative sums go block, then entry within the block, so the work is one
+    pass over the row. The drawn entry always has weight > 0."""
     *lead, v = weights.shape
     nb = -(-v // _BLOCK)
     w = jnp.pad(weights, [(0, 0)] * len(lead) + [(0, nb * _BLOCK - v)]).reshape(*lead, nb, _BLOCK)
     block_cum = jnp.cumsum(w.sum(-1), axis=-1)  # [..., nb]
     # u < 1 with 23 random bits, so u * total < total: some block's cumulative sum exceeds it.
-    target = jax.random.uniform(key, tuple(lead), jnp.float32) * block_cum[..., -1]
+    if uniform is None:
+        uniform = jax.random.uniform(key, tuple(lead), jnp.float32)
+    target = uniform * block_cum[..., -1]
     block = jnp.sum(block_cum <= target[..., None], axis=-1)  # first block whose cum > target
     before = jnp.where(block > 0, jnp.take_along_axis(block_cum, jnp.maximum(block - 1, 0)[..., None], -1)[..., 0],
                        0.0)
@@ -81,11 +84,13 @@ def inverse_cdf_draw(key: jax.Array, weights: jnp.ndarray) -> jnp.ndarray:
     return (block * _BLOCK + jnp.minimum(local, last_positive)).astype(jnp.int32)
 
 
-def sample_tokens(key: jax.Array, logits: jnp.ndarray, temperature, *, use_sampling: bool, top_k: int, top_p
-                  ) -> Tuple[jnp.ndarray, jnp.ndarray]:
+def sample_tokens(key: jax.Array, logits: jnp.ndarray, temperature, *, use_sampling: bool, top_k: int, top_p,
+                  uniform=None) -> Tuple[jnp.ndarray, jnp.ndarray]:
     """logits fp32 [..., V] -> (tokens int32 [...], confidence probability [...]).
 
-    temperature and top_p may be traced; use_sampling and top_k are static.
+    temperature and top_p may be traced; use_sampling and top_k are static. `uniform` [...]:
+    the draw's uniforms instead of ones from `key` (so a position draws the same however
+    the positions are batched).
     """
     logits = logits.astype(jnp.float32)
     temperature = jnp.maximum(jnp.asarray(temperature, jnp.float32), _MIN_TEMPERATURE)
@@ -102,7 +107,7 @@ def sample_tokens(key: jax.Array, logits: jnp.ndarray, temperature, *, use_sampl
         threshold = jax.lax.cond(use_top_p, top_p_threshold, lambda p, _: jnp.zeros(p.shape[:-1], p.dtype),
                                  probs, top_p)
     kept = jnp.where(probs >= threshold[..., None], probs, 0.0)
-    tokens = inverse_cdf_draw(key, kept)
+    tokens = inverse_cdf_draw(key, kept, uniform)
     conf = jnp.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
     if top_k > 0:
         conf = jnp.where(use_top_p, conf, conf / kept.sum(-1))

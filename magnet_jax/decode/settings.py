@@ -30,6 +30,10 @@ class SamplerSettings:
     anneal_temperature: bool = True
     schedule: str = "cosine"
     cfg: bool = True  # classifier-free guidance: one forward at doubled batch (text | null text)
+    # The last layer, the head and the sampling run only where a step samples (its masked
+    # frames): at the smallest of this many sizes (a compiled branch each) that holds them.
+    # 1: every position at every step (as the reference computes).
+    query_buckets: int = 8
 
     def __post_init__(self):
         if not self.decoding_steps or any(int(s) < 1 for s in self.decoding_steps):
@@ -43,6 +47,8 @@ class SamplerSettings:
             raise ValueError(f"span_scoring must be 'max' or 'prod', got {self.span_scoring!r}")
         if self.span_arrangement not in ("nonoverlap", "stride1"):
             raise ValueError(f"span_arrangement must be 'nonoverlap' or 'stride1', got {self.span_arrangement!r}")
+        if self.query_buckets < 1:
+            raise ValueError(f"query_buckets must be >= 1, got {self.query_buckets}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if isinstance(self.schedule, str) and self.schedule not in available_schedules():
@@ -66,7 +72,8 @@ class SamplerSettings:
     def from_config(cls, cfg: DecodeConfig, span_len: int, **overrides) -> "SamplerSettings":
         base = dict(decoding_steps=cfg.decoding_steps, span_len=span_len, span_scoring=cfg.span_scoring,
                     span_arrangement=cfg.span_arrangement, use_sampling=cfg.use_sampling, top_k=cfg.top_k,
-                    anneal_temperature=cfg.anneal_temperature, schedule=cfg.schedule)
+                    anneal_temperature=cfg.anneal_temperature, schedule=cfg.schedule,
+                    query_buckets=cfg.query_buckets)
         base.update({k: v for k, v in overrides.items() if k in {f.name for f in dataclasses.fields(cls)}})
         return cls(**base)
 

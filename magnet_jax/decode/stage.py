@@ -2,12 +2,14 @@
 
 Mirrors audiocraft's `MagnetLMModel._generate_stage`: re-mask the lowest-confidence spans
 (how many: a host table), run the LM once (batch doubled for classifier-free guidance),
-guide, sample into the masked frames only, and score the new spans.
+guide, sample into the masked frames only, and score the new spans. The reference computes
+the last layer, the head and the sampling at every position; here they run only at the
+positions whose sample or confidence is used, in chunks (the keys still see every frame).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -56,10 +58,27 @@ def initial_stage_state(codes: jnp.ndarray, tables: StageTables) -> StageState:
     return StageState(codes=codes, scores=scores)
 
 
-def decode_step(logits_fn, state: StageState, i, key, knobs: DecodeKnobs, *, stage: int, tables: StageTables,
+@dataclasses.dataclass(frozen=True)
+class StepModel:
+    """The LM forward of one stage, split as `MagnetLM.decode_prefix` / `decode_logits_at`:
+    prefix(codes [B, K, T]) -> what every position needs; logits_at(prefix, positions [B, C],
+    guidance) -> logits [B, C, card] there (guided by the coefficient `guidance` under CFG,
+    else None)."""
+
+    prefix: Callable
+    logits_at: Callable
+
+
+def query_sizes(length: int, buckets: int) -> list:
+    """The static numbers of positions a step may compute: `buckets` sizes up to `length`,
+    evenly spaced, multiples of 8 (each one a compiled branch)."""
+    sizes = {min(length, -(-(length * k // buckets) // 8) * 8) for k in range(1, buckets + 1)}
+    return sorted(sizes | {length})
+
+
+def decode_step(model: StepModel, state: StageState, i, key, knobs: DecodeKnobs, *, stage: int, tables: StageTables,
                 settings: SamplerSettings, mask_id: int, prompt: Optional[jnp.ndarray]) -> StageState:
-    """One step. `logits_fn(codes [B, K, T])` runs the LM for `stage`: logits [B, T, card], or
-    under CFG the pair (text, null text). `i` may be traced."""
+    """One step. `model` runs the LM for `stage` (see StepModel). `i` may be traced."""
     codes = state.codes
     b, _, t = codes.shape
     num = jnp.asarray(tables.num_masked)[i]
@@ -75,17 +94,34 @@ def decode_step(logits_fn, state: StageState, i, key, knobs: DecodeKnobs, *, sta
     if prompt is not None and prompt.shape[-1]:
         seq = seq.at[:, :prompt.shape[-1]].set(prompt[:, stage])
     codes = codes.at[:, stage].set(seq)
+    was_masked = seq == mask_id
+    # Where this step's samples or confidences are used: the masked frames, and with chunked
+    # scoring every frame of a re-masked chunk (one may be a prompt frame).
+    needed = (was_masked | remask) if settings.chunked else was_masked
 
-    logits = logits_fn(codes)
-    if settings.cfg:
-        cond, uncond = logits
-        coef = rate * knobs.max_cfg_coef + (1.0 - rate) * knobs.min_cfg_coef
-        logits = uncond + (cond - uncond) * coef
+    prefix = model.prefix(codes)
     temperature = knobs.temperature * jnp.asarray(tables.temp_ratio)[i] if settings.anneal_temperature \
         else knobs.temperature
-    tokens, conf = sample_tokens(key, logits, temperature, use_sampling=settings.use_sampling,
-                                 top_k=settings.top_k, top_p=knobs.top_p)
-    was_masked = seq == mask_id
+    uniform = jax.random.uniform(key, (b, t), jnp.float32)
+    order = jnp.argsort(~needed, axis=-1, stable=True).astype(jnp.int32)  # each row's needed positions first
+    rows = jnp.arange(b)[:, None]
+    coef = rate * knobs.max_cfg_coef + (1.0 - rate) * knobs.min_cfg_coef  # classifier-free guidance
+
+    def sample_first(size):
+        def run():
+            positions = order[:, :size]
+            logits = model.logits_at(prefix, positions, coef if settings.cfg else None)
+            tok, cf = sample_tokens(key, logits, temperature, use_sampling=settings.use_sampling,
+                                    top_k=settings.top_k, top_p=knobs.top_p,
+                                    uniform=jnp.take_along_axis(uniform, positions, axis=1))
+            return (jnp.zeros((b, t), jnp.int32).at[rows, positions].set(tok),
+                    jnp.ones((b, t), jnp.float32).at[rows, positions].set(cf))
+        return run
+
+    sizes = query_sizes(t, settings.query_buckets)
+    count = needed.sum(-1).max()
+    branch = jnp.searchsorted(jnp.asarray(sizes), count)  # the smallest size that holds them all
+    tokens, conf = jax.lax.switch(branch, [sample_first(n) for n in sizes])
     seq = jnp.where(was_masked, tokens, seq)
     codes = codes.at[:, stage].set(seq)
 

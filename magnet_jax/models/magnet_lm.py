@@ -8,11 +8,11 @@ stages > 0; the model can also run causally (rescoring, Hybrid-MAGNeT).
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from magnet_jax.config import LMConfig
 from magnet_jax.nn.attention import LocalWindow, causal_mask, local_window_mask
@@ -24,6 +24,17 @@ from magnet_jax.nn.transformer import GuidedCross, TransformerStack
 from magnet_jax.parallel.logical import constrain
 
 Stage = Union[int, jnp.ndarray, None]
+
+
+@struct.dataclass
+class DecodePrefix:
+    """What a decoding step computes over the whole sequence: the last layer's input
+    `[R, T, D]` (R = 2B under guidance: text rows, then null-text rows) and that layer's
+    self-attention keys and values over all T (of the B text rows alone when a one-layer
+    guided stack shares them)."""
+
+    hidden: jnp.ndarray
+    key_value: Tuple[jnp.ndarray, jnp.ndarray]
 
 
 class MagnetLM(nnx.Module):
@@ -175,3 +186,67 @@ class MagnetLM(nnx.Module):
         if not guided:
             return logits
         return (logits[:b], logits[b:]) if cross is not None else (logits, logits)
+
+    # -- the same forward, split so that the last layer runs at chosen positions only ------
+
+    def _shares_last_self_attention(self, cross, guided: bool) -> bool:
+        return guided and cross is not None and self.config.num_layers == 1
+
+    def decode_prefix(self, codes: jnp.ndarray, cross: Optional[GuidedCross], *, stage: int, guided: bool
+                      ) -> DecodePrefix:
+        """Every layer but the last over all positions, then the last one's keys/values: the
+        part of `decode_logits` that every position needs (keys see the whole sequence)."""
+        last = self.config.num_layers - 1
+        b = codes.shape[0]
+        x = constrain(self.embed(codes), ("batch", "length", "embed"))
+        self_mask = self.self_attention_mask(codes.shape[-1], stage)
+        if guided and cross is not None:
+            x = self.transformer.guided(x, self_mask, cross, layers=last)
+        elif last:
+            x = self.transformer(x, self_mask, None if cross is None else cross.kv,
+                                 None if cross is None else cross.mask, layers=last)
+        layer = self.transformer.layer(last)
+        source = x[:b] if self._shares_last_self_attention(cross, guided) else x
+        return DecodePrefix(hidden=x, key_value=layer.self_key_value(source))
+
+    def decode_logits_at(self, prefix: DecodePrefix, positions: jnp.ndarray, cross: Optional[GuidedCross], *,
+                         stage: int, guided: bool, guidance=None):
+        """`decode_logits` at positions [B, C] only (in [0, T)): [B, C, card], or the (text, null
+        text) pair with `guided`. The last layer, the final norm and the head run for those
+        positions alone; `prefix` is `decode_prefix` of the same codes.
+
+        guidance: with `guided`, the classifier-free guidance coefficient g (may be traced):
+        returns the guided logits null + (text - null) * g, computed as the head of the
+        guided hidden state (the head is affine, so it runs once instead of twice)."""
+        c = self.config
+        last = c.num_layers - 1
+        b, t = positions.shape[0], prefix.hidden.shape[1]
+        two = guided and cross is not None
+        rows = jnp.concatenate([positions, positions]) if two else positions
+        x = jnp.take_along_axis(prefix.hidden, rows[..., None], axis=1)  # [R, C, D]
+        layer = self.transformer.layer(last)
+        self_mask = self.self_attention_mask(t, stage)
+        if self._shares_last_self_attention(cross, guided):
+            y = layer.self_block(x[:b], self_mask, kv=prefix.key_value, positions=positions)
+            y = jnp.concatenate([y, y], axis=0)
+        else:
+            y = layer.self_block(x, self_mask, kv=prefix.key_value, positions=rows)
+        if cross is not None:
+            kv = jax.tree.map(lambda a: a[last], cross.kv)
+            if two:
+                null_out = None if cross.null_out is None else cross.null_out[last]
+                y = layer.guided_cross_block(y, x, GuidedCross(kv=kv, mask=cross.mask, null_out=null_out))
+            else:
+                y = layer.cross_block(y, x, kv, cross.mask)
+        y = layer.ffn_block(y)
+        if self.out_norm is not None:
+            y = self.out_norm(y)
+        if guided and guidance is not None:
+            if two:
+                text, null = y[:b], y[b:]
+                y = null + (text - null) * jnp.asarray(guidance, y.dtype)
+            return self.logits(y, stage)
+        logits = self.logits(y, stage)
+        if not guided:
+            return logits
+        return (logits[:b], logits[b:]) if two else (logits, logits)

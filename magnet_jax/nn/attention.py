@@ -85,6 +85,22 @@ def local_attention(q, k, v, window: LocalWindow, dtype):
     return banded_attention(q, k, v, window, dtype)
 
 
+def gathered_local_attention(q, k, v, positions, window: LocalWindow, dtype):
+    """Local attention for a subset of queries: q [B, C, H, Dh] (scaled) of the queries at
+    `positions` [B, C] of a sequence whose keys and values k, v [B, T, H, Dh] are all given.
+    Each query gathers its own 2 * context + 1 keys."""
+    t, c = k.shape[1], window.context
+    key_pos = positions[..., None] + jnp.arange(-c, c + 1)  # [B, C, W]
+    valid = (key_pos >= 0) & (key_pos < t)
+    rows = jax.vmap(lambda x, i: x[i])  # [T, H, Dh], [C, W] -> [C, W, H, Dh]
+    index = jnp.clip(key_pos, 0, t - 1)
+    kw, vw = rows(k, index), rows(v.astype(dtype), index)
+    scores = jnp.einsum("bchd,bcwhd->bchw", q, kw, preferred_element_type=jnp.float32)
+    scores = jnp.where(valid[:, :, None, :], scores, _NEG)
+    weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    return jnp.einsum("bchw,bcwhd->bchd", weights, vw)
+
+
 def causal_mask(length: int) -> jnp.ndarray:
     pos = jnp.arange(length)
     return pos[:, None] >= pos[None, :]
@@ -127,9 +143,14 @@ class MultiHeadAttention(nnx.Module):
         *,
         kv: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
         mask: Optional[jnp.ndarray] = None,
+        positions: Optional[jnp.ndarray] = None,
     ) -> jnp.ndarray:
         """x: [B, T, D]; source (cross) or x itself (self); mask broadcasts to [B, H, T, S], True =
-        attend, or is a LocalWindow (banded self-attention)."""
+        attend, or is a LocalWindow (banded self-attention).
+
+        positions [B, C]: x holds only these query positions of the sequence whose keys and
+        values `kv` are given; `mask` is then the whole sequence's self-attention mask ([T, T],
+        a LocalWindow, or None)."""
         q = self.query(x)
         if kv is None:
             kv = self.key_value(x if source is None else source)
@@ -137,7 +158,13 @@ class MultiHeadAttention(nnx.Module):
         q = constrain(q, ("batch", "length", "heads", "kv"))
         q = q * jnp.asarray(1.0 / math.sqrt(self.head_dim), q.dtype)
         if isinstance(mask, LocalWindow):
+            if positions is not None:
+                return self.out(gathered_local_attention(q, k, v, positions, mask, self.dtype))
             return self.out(local_attention(q, k, v, mask, self.dtype))
+        if positions is not None and mask is not None:
+            if mask.ndim != 2:
+                raise ValueError(f"with positions, the mask must be the [T, T] self-attention mask, got {mask.shape}")
+            mask = mask[positions][:, None]  # the queries' rows: [B, 1, C, T]
         scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
         if mask is not None:
             scores = jnp.where(mask, scores, _NEG)

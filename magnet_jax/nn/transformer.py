@@ -70,10 +70,17 @@ class TransformerLayer(nnx.Module):
     # The layer as three residual blocks, so classifier-free guidance can run the first
     # self-attention once for both halves and the cross-attention on the text half only.
 
-    def self_block(self, x, self_mask=None):
+    def self_key_value(self, x):
+        """The self-attention's keys and values over a whole layer input x [B, T, D]."""
+        return self.self_attn.key_value(self.norm1(x) if self.norm_first else x)
+
+    def self_block(self, x, self_mask=None, kv=None, positions=None):
+        """With `kv` (from `self_key_value` of the whole input) and `positions` [B, C], x holds
+        only those positions: the block runs for them alone."""
+        attend = lambda h: self.self_attn(h, kv=kv, mask=self_mask, positions=positions)
         if self.norm_first:
-            return x + self._scaled(self.layer_scale_1, self.self_attn(self.norm1(x), mask=self_mask))
-        return self.norm1(x + self._scaled(self.layer_scale_1, self.self_attn(x, mask=self_mask)))
+            return x + self._scaled(self.layer_scale_1, attend(self.norm1(x)))
+        return self.norm1(x + self._scaled(self.layer_scale_1, attend(x)))
 
     def cross_block(self, x, src, cross_kv, cross_mask=None):
         """src: the layer input, which audiocraft's post-norm branch queries (not the updated x);
@@ -146,7 +153,31 @@ class TransformerStack(nnx.Module):
 
         return kv(self.layers, condition)
 
-    def __call__(self, x, self_mask=None, cross_kv=None, cross_mask=None):
+    def layer(self, index: int) -> TransformerLayer:
+        """Layer `index` on its own (its parameters sliced out of the stack)."""
+        graph, state = nnx.split(self.layers)
+        return nnx.merge(graph, jax.tree.map(lambda x: x[index], state))
+
+    @staticmethod
+    def _first(layers: Optional[int], index, fn, h):
+        """Runs fn(h) for the first `layers` layers only (a cond, not a slice of the stacked
+        weights, which would copy them)."""
+        if layers is None:
+            return fn(h)
+        return jax.lax.cond(index < layers, fn, lambda h: h, h)
+
+    def __call__(self, x, self_mask=None, cross_kv=None, cross_mask=None, layers: Optional[int] = None):
+        """layers: run only the first this many (default: all)."""
+        if layers is not None:
+            graph, state = nnx.split(self.layers)
+
+            def run(h, xs):
+                layer_state, kv, index = xs
+                layer = lambda h: nnx.merge(graph, layer_state)(h, self_mask, kv, cross_mask)
+                return self._first(layers, index, layer, h), None
+
+            return jax.lax.scan(run, x, (state, cross_kv, jnp.arange(self.num_layers)), unroll=self.unroll)[0]
+
         def body(h, layer_and_kv):
             layer, kv = layer_and_kv
             return layer(h, self_mask, kv, cross_mask)
@@ -162,22 +193,25 @@ class TransformerStack(nnx.Module):
         x, _ = scan(x, (self.layers, cross_kv))
         return x
 
-    def guided(self, x, self_mask, cross: Optional[GuidedCross]):
+    def guided(self, x, self_mask, cross: Optional[GuidedCross], layers: Optional[int] = None):
         """The stack under classifier-free guidance: x [B, T, D] is the embedding both halves
         share; returns [2B, T, D] (text rows, then null-text rows). The first layer's
         self-attention runs once for both halves, every cross-attention on the text rows only.
-        One scan over all layers (slicing the stacked weights would copy them)."""
+        One scan over all layers (slicing the stacked weights would copy them); `layers`: run
+        only the first this many."""
         graph, state = nnx.split(self.layers)
         b = x.shape[0]
 
-        def body(h, xs):
-            layer_state, layer_kv, layer_null, index = xs
+        def one_layer(h, layer_state, layer_kv, layer_null, index):
             layer = lambda: nnx.merge(graph, layer_state)
             shared = lambda h: jnp.concatenate([layer().self_block(h[:b], self_mask)] * 2, axis=0)
             y = jax.lax.cond(index == 0, shared, lambda h: layer().self_block(h, self_mask), h)
             if cross is not None:
                 y = layer().guided_cross_block(y, h, GuidedCross(kv=layer_kv, mask=cross.mask, null_out=layer_null))
-            return layer().ffn_block(y), None
+            return layer().ffn_block(y)
+
+        def body(h, xs):
+            return self._first(layers, xs[-1], lambda h: one_layer(h, *xs), h), None
 
         xs = (state, None if cross is None else cross.kv, None if cross is None else cross.null_out,
               jnp.arange(self.num_layers))
