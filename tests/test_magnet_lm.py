@@ -177,3 +177,35 @@ def test_guided_forward_equals_the_doubled_batch(variant):
         np.testing.assert_allclose(null, expect[2:], rtol=1e-5, atol=1e-5)
         plain = model.decode_logits(codes, cross, stage=stage, guided=False)
         np.testing.assert_allclose(plain, expect[:2], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [
+    dict(),
+    dict(bias_attn=True, bias_ff=True, bias_proj=True),
+    dict(norm_first=False, bias_attn=True),
+    dict(layer_scale=0.1, cross_attention_mask=True),
+    dict(num_layers=1),  # the one layer is also the first: its self-attention is shared under guidance
+    dict(banded_local_attention=False),  # stage > 0 as a [T, T] mask
+    dict(subcodes_context=-1, causal=True),
+], ids=["released", "biases", "post-norm", "layer-scale+mask", "one-layer", "mask-array", "causal"])
+def test_logits_at_positions_equal_the_full_forward(variant):
+    """decode_prefix + decode_logits_at (the last layer and the head at some positions only)
+    give decode_logits at those positions: plain, guided, and guided with the coefficient
+    applied before the head."""
+    cfg = dataclasses.replace(TINY, **variant)
+    model = _randomised(cfg, seed=4)
+    codes, cond = _inputs(cfg, b=2, t=24, s=5, seed=2)
+    mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    cross = model.cross_context(cond * mask[..., None], mask)
+    positions = jnp.array([[0, 5, 6, 7, 23, 12], [3, 2, 1, 0, 22, 11]])
+    at = lambda x: jnp.take_along_axis(x, positions[..., None], axis=1)
+    for stage in (0, 2):
+        for guided in (False, True):
+            full = model.decode_logits(codes, cross, stage=stage, guided=guided)
+            prefix = model.decode_prefix(codes, cross, stage=stage, guided=guided)
+            part = model.decode_logits_at(prefix, positions, cross, stage=stage, guided=guided)
+            for got, want in zip(jax.tree.leaves(part), jax.tree.leaves(full)):
+                np.testing.assert_allclose(got, at(want), rtol=2e-5, atol=2e-5)
+        text, null = full
+        mixed = model.decode_logits_at(prefix, positions, cross, stage=stage, guided=True, guidance=3.5)
+        np.testing.assert_allclose(mixed, at(null + (text - null) * 3.5), rtol=1e-4, atol=1e-4)

@@ -9,7 +9,7 @@ from magnet_jax.config import LMConfig, MeshConfig
 from magnet_jax.decode.sampler import MagnetSampler
 from magnet_jax.decode.selection import least_probable_spans_mask
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
-from magnet_jax.decode.stage import StageTables
+from magnet_jax.decode.stage import StageTables, query_sizes
 from magnet_jax.models.magnet_lm import MagnetLM
 from magnet_jax.parallel.mesh import make_mesh
 from tests.reference import magnet_decoding as ref
@@ -213,3 +213,22 @@ def test_long_form_generation_continues_windows(sampler):
     assert [w.shape[-1] for w in windows] == [30, 51, 72, 93]
     with pytest.raises(ValueError, match="multiple of span_len"):
         generate_long(sampler, cond, mask, key, settings, total_length=75, window=31, overlap=9)
+
+
+def test_query_sizes_cover_the_sequence():
+    assert query_sizes(498, 8) == [64, 128, 192, 256, 312, 376, 440, 498]
+    assert query_sizes(30, 4) == [8, 16, 24, 30]
+    assert query_sizes(5, 4) == [5] and query_sizes(498, 1) == [498]
+
+
+@pytest.mark.parametrize("arrangement,prompt", [("nonoverlap", 0), ("nonoverlap", 7), ("stride1", 4)])
+def test_masked_frames_only_gives_the_codes_of_every_frame(sampler, arrangement, prompt):
+    """Running the last layer, head and sampling only at a step's masked frames (the default)
+    samples the codes of running them at every frame (query_buckets=1), seed for seed."""
+    cond, mask = _condition()
+    knobs = DecodeKnobs.create(temperature=2.0, top_p=0.9)
+    p = jax.random.randint(jax.random.key(8), (2, CFG.n_q, prompt), 0, CFG.card) if prompt else None
+    codes = [sampler.generate(cond, mask, jax.random.key(5), SamplerSettings(
+        decoding_steps=STEPS, span_arrangement=arrangement, query_buckets=n), knobs, length=31, prompt=p)
+        for n in (1, 4)]
+    np.testing.assert_array_equal(np.asarray(codes[0]), np.asarray(codes[1]))
