@@ -20,7 +20,8 @@ With `--reference` (PyTorch and audiocraft 1.3.0 importable), audiocraft's Magne
 (tests/reference/audiocraft_lm.py) gets the same weights (ours, converted to its state
 dict), the same condition, steps and sampling settings, and runs in float32 with
 torch.inference_mode() and all CPU threads; its latency is the median of `--reps` runs
-(no warm-up; progress on stderr). It runs with each attention backend of `--ref-backends`:
+(no warm-up; progress on stderr), each run interleaved with one of ours, and the speed-up
+is the median of the per-repetition ratios (this VM's speed drifts over minutes). It runs with each attention backend of `--ref-backends`:
 'xformers' is what audiocraft's MAGNeT loader selects (an exact torch stand-in here, the
 faithful configuration); 'torch' is audiocraft's default (scaled_dot_product_attention,
 faster on CPU, but it turns the restricted stage > 0 attention into causal attention, so it
@@ -233,25 +234,39 @@ def main():
         _log(f"compiled in {compile_s:.1f}s; warm-up")
         codes = jax.block_until_ready(run(key))
         assert codes.shape == (b, c.n_q, t_out) and not bool((codes == c.mask_id).any())
-        latency, times = _median_time(lambda r: run(jax.random.fold_in(key, r + 1)), args.reps)
-        _log("reps: " + ", ".join(f"{t:.3f}s" for t in times))
-        tokens = b * c.n_q * t_out
-        audio_s = b * t_out / cfg.data.frame_rate
-        line = f"{head} latency_s={latency:.4f} tokens_per_s={tokens / latency:.1f} rtf={audio_s / latency:.3f}"
         roofline = None  # measured before the reference runs, beside our own timing
         if index == 0 and not args.no_roofline:
             roofline = f"roofline B={b} T={t_out}: " + _roofline(cfg, sampler, cond_j, mask_j, t_out, args.reps)
+        refs = {}
         if args.reference:
             try:
                 refs = {backend: _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out, backend)
                         for backend in args.ref_backends}
             except ImportError as e:
                 _log(f"no reference: {e}")
-                line += " reference=unavailable"
-            else:
-                line += f" ref_threads={args.ref_threads or os.cpu_count()}"
-                line += "".join(f" ref_{k}_s={v:.4f} ref_{k}_over_ours={v / latency:.2f}" for k, v in refs.items())
-                line += f" fastest_ref_over_ours={min(refs.values()) / latency:.2f}"
+        # Repetitions interleaved (ours, then each reference): this VM's speed drifts by 10 to 30%
+        # over minutes, which a block of ours followed by a block of theirs would fold into the ratio.
+        times = {"ours": [], **{k: [] for k in refs}}
+        for r in range(args.reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(run(jax.random.fold_in(key, r + 1)))
+            times["ours"].append(time.perf_counter() - t0)
+            for backend, generate in refs.items():
+                times[backend].append(generate(r))
+            _log(f"rep {r + 1}/{args.reps}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()))
+        latency = statistics.median(times["ours"])
+        tokens = b * c.n_q * t_out
+        audio_s = b * t_out / cfg.data.frame_rate
+        line = f"{head} latency_s={latency:.4f} tokens_per_s={tokens / latency:.1f} rtf={audio_s / latency:.3f}"
+        if args.reference and not refs:
+            line += " reference=unavailable"
+        if refs:
+            line += f" ref_threads={args.ref_threads or os.cpu_count()}"
+            ratios = {}
+            for k in refs:
+                ratios[k] = statistics.median(t / o for t, o in zip(times[k], times["ours"]))
+                line += f" ref_{k}_s={statistics.median(times[k]):.4f} ref_{k}_over_ours={ratios[k]:.2f}"
+            line += f" fastest_ref_over_ours={min(ratios.values()):.2f}"
         print(line, flush=True)
         if roofline:
             print(roofline, flush=True)
@@ -259,6 +274,8 @@ def main():
 
 
 def _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out, backend="xformers"):
+    """audiocraft's MagnetLMModel with our weights (checked on one forward): returns a function
+    that runs one generation (seed r) and returns its seconds."""
     import numpy as np
     from flax import nnx
 
@@ -287,15 +304,16 @@ def _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out, backen
     _log(f"reference: logits check on {probe_len} frames, max |ours - reference| = {err:.2e}")
     if not err <= 1e-3 * max(1.0, float(np.abs(theirs).max())):
         raise AssertionError(f"the reference does not compute our LM (max logits difference {err})")
-    total = sum(steps)
-    times = []
-    for r in range(args.reps):
+
+    def generate(r):
+        """One timed generation (seed r), progress on stderr."""
         torch.manual_seed(args.seed + r)
         started = time.perf_counter()
 
-        def progress(step, n, r=r, started=started):
+        def progress(step, n):
             if step == n or step % max(1, n // 10) == 0:
-                _log(f"reference rep {r + 1}/{args.reps}: step {step}/{n} ({time.perf_counter() - started:.1f}s)")
+                _log(f"reference ({backend}) rep {r + 1}/{args.reps}: step {step}/{n} "
+                     f"({time.perf_counter() - started:.1f}s)")
 
         t0 = time.perf_counter()
         out = ref.generate(list(range(b)), max_gen_len=length, use_sampling=d.use_sampling,
@@ -303,10 +321,11 @@ def _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out, backen
                            min_cfg_coef=d.min_cfg_coef, decoding_steps=list(steps),
                            anneal_temp=d.anneal_temperature, span_scoring=d.span_scoring,
                            span_arrangement=d.span_arrangement, callback=progress)
-        times.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
         assert out.shape == (b, c.n_q, t_out) and not (out == c.mask_id).any(), out.shape
-        _log(f"reference rep {r + 1}/{args.reps}: {times[-1]:.3f}s ({total} steps)")
-    return statistics.median(times)
+        return elapsed
+
+    return generate
 
 
 if __name__ == "__main__":

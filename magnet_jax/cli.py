@@ -17,21 +17,22 @@ from typing import List, Optional
 
 def _train(args, overrides: List[str]) -> int:
     from magnet_jax.config_io import load_config
-    from magnet_jax.parallel.distributed import maybe_initialize
 
-    maybe_initialize()
     cfg = load_config(args.config, overrides)
     from magnet_jax.train.trainer import train
 
     result = train(cfg, progress=not args.no_progress)
-    if result.last_eval is not None:
+    lead = jax.process_index() == 0  # in a multi-process job, only process 0 reports
+    if result.last_eval is not None and lead:
         fmt = lambda xs: "[" + ", ".join(f"{x:.3f}" for x in xs) + "]"
         ev, base = result.last_eval, result.baselines
         print(f"step {result.step}: held-out CE per stage {fmt(ev['ce_per_stage'])} nats; "
               f"without the caption {fmt(ev['ce_per_stage_null_text'])}; "
               f"unigram baseline {fmt(base.get('unigram_nats', []))}, noise floor {base.get('floor_nats', float('nan')):.3f}")
-    if cfg.data.kind == "synthetic" and jax.process_index() == 0:
+    if cfg.data.kind == "synthetic":  # every process takes part (FSDP shards span them), process 0 prints
         _sample_after_training(cfg, result)
+    if not lead:
+        return 0
     print(f"run directory: {result.workdir}")
     if result.plot_path:
         print(f"loss curves: {result.plot_path}")
@@ -47,6 +48,8 @@ def _sample_after_training(cfg, result) -> None:
                 "rapid metal with drums"]
     params = result.state.ema_params if result.state.ema_params is not None else result.state.params
     _, agreement = sample_synthetic_captions(cfg, result.graphdef, params, result.data, captions)
+    if jax.process_index() != 0:
+        return
     rates = ", ".join(f"{x:.2f}" for x in agreement)
     print(f"samples for {len(captions)} captions ({'+'.join(map(str, cfg.decode.decoding_steps))} decoding steps): "
           f"frames following the data's rules per stage [{rates}] (data itself: {1 - cfg.data.noise:.2f}, "
@@ -75,7 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_generate.add_commands(sub)
     cli_data.add_commands(sub)
+    for verb in sub.choices.values():
+        _add_process_args(verb)
     return parser
+
+
+def _add_process_args(p: argparse.ArgumentParser) -> None:
+    from magnet_jax.parallel import distributed as d
+
+    g = p.add_argument_group(
+        "multi-process job (a pod or cluster; auto-detected on TPU VMs and SLURM)",
+        f"One process per host, all started with the same command. Also from ${d.ENV_COORDINATOR}, "
+        f"${d.ENV_NUM_PROCESSES}, ${d.ENV_PROCESS_ID}; launch/local_cluster.sh simulates one on this machine.")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
+    g.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the job")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 to N-1")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -88,6 +105,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(rest)
     _enable_cache()
     try:
+        from magnet_jax.parallel.distributed import maybe_initialize
+
+        maybe_initialize(args.coordinator, args.num_processes, args.process_id)
+        if jax.process_index() != 0:  # one log for the job: process 0's (others: warnings and errors)
+            logging.getLogger().setLevel(logging.WARNING)
         return args.func(args, overrides)
     except (ValueError, OSError) as e:  # bad input or files: a message naming the fix, not a traceback
         print(f"magnet-jax: error: {e}", file=sys.stderr)

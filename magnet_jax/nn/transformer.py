@@ -158,13 +158,14 @@ class TransformerStack(nnx.Module):
         graph, state = nnx.split(self.layers)
         return nnx.merge(graph, jax.tree.map(lambda x: x[index], state))
 
-    @staticmethod
-    def _first(layers: Optional[int], index, fn, h):
-        """Runs fn(h) for the first `layers` layers only (a cond, not a slice of the stacked
-        weights, which would copy them)."""
-        if layers is None:
-            return fn(h)
-        return jax.lax.cond(index < layers, fn, lambda h: h, h)
+    def _over_layers(self, body, x, xs, layers: Optional[int]):
+        """x through body(h, xs_i) for layers i < `layers` (all by default; xs stacked per layer)."""
+        if layers is None or layers == self.num_layers:
+            return jax.lax.scan(lambda h, xi: (body(h, xi), None), x, xs, unroll=self.unroll)[0]
+        # The first layers only: index the stacked weights as a scan does (a slice of the stack,
+        # or a cond skipping the rest, would copy weights at every step).
+        at = lambda i: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), xs)
+        return jax.lax.fori_loop(0, layers, lambda i, h: body(h, at(i)), x)
 
     def __call__(self, x, self_mask=None, cross_kv=None, cross_mask=None, layers: Optional[int] = None):
         """layers: run only the first this many (default: all)."""
@@ -172,11 +173,10 @@ class TransformerStack(nnx.Module):
             graph, state = nnx.split(self.layers)
 
             def run(h, xs):
-                layer_state, kv, index = xs
-                layer = lambda h: nnx.merge(graph, layer_state)(h, self_mask, kv, cross_mask)
-                return self._first(layers, index, layer, h), None
+                layer_state, kv = xs
+                return nnx.merge(graph, layer_state)(h, self_mask, kv, cross_mask)
 
-            return jax.lax.scan(run, x, (state, cross_kv, jnp.arange(self.num_layers)), unroll=self.unroll)[0]
+            return self._over_layers(run, x, (state, cross_kv), layers)
 
         def body(h, layer_and_kv):
             layer, kv = layer_and_kv
@@ -210,11 +210,7 @@ class TransformerStack(nnx.Module):
                 y = layer().guided_cross_block(y, h, GuidedCross(kv=layer_kv, mask=cross.mask, null_out=layer_null))
             return layer().ffn_block(y)
 
-        def body(h, xs):
-            return self._first(layers, xs[-1], lambda h: one_layer(h, *xs), h), None
-
         xs = (state, None if cross is None else cross.kv, None if cross is None else cross.null_out,
               jnp.arange(self.num_layers))
-        x, _ = jax.lax.scan(body, jnp.concatenate([x, x], axis=0), xs, unroll=self.unroll)
-        return x
+        return self._over_layers(lambda h, xi: one_layer(h, *xi), jnp.concatenate([x, x], axis=0), xs, layers)
 

@@ -1,23 +1,84 @@
-"""Multi-host start-up: one call on every host before any other JAX work."""
+"""Multi-process start-up: one call in every process before any other JAX work.
+
+Where the job is described, in order: explicit arguments (the CLI's `--coordinator`,
+`--num-processes`, `--process-id`), then the environment variables `MAGNET_JAX_COORDINATOR`,
+`MAGNET_JAX_NUM_PROCESSES`, `MAGNET_JAX_PROCESS_ID`, then JAX's own detection on TPU VMs and
+SLURM. Nothing described: a single process, no-op. On CPU the processes talk over gloo
+(`launch/local_cluster.sh` simulates a pod that way on one machine).
+"""
 from __future__ import annotations
 
 import logging
 import os
+from typing import Optional
 
 import jax
 
 log = logging.getLogger(__name__)
 
-_MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
-                  "MEGASCALE_COORDINATOR_ADDRESS")
+_AUTODETECTED_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
+                     "MEGASCALE_COORDINATOR_ADDRESS")
+ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = (
+    "MAGNET_JAX_COORDINATOR", "MAGNET_JAX_NUM_PROCESSES", "MAGNET_JAX_PROCESS_ID")
+DEFAULT_TIMEOUT_S = 300
 
 
-def maybe_initialize() -> None:
-    """`jax.distributed.initialize()` when the environment describes a multi-process job
-    (TPU pod, SLURM, or an explicit coordinator); a no-op on a single host."""
-    if os.environ.get("MAGNET_JAX_NO_DISTRIBUTED"):
+def _env_int(name: str) -> Optional[int]:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"${name}={value!r} is not an integer") from None
+
+
+def process_spec(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                 process_id: Optional[int] = None):
+    """(coordinator, num_processes, process_id) from the arguments, else the environment;
+    checked. All None when nothing is given explicitly."""
+    coordinator = coordinator or os.environ.get(ENV_COORDINATOR) or None
+    num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
+    process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
+    given = [x is not None for x in (coordinator, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError("a multi-process job needs all three of --coordinator HOST:PORT, --num-processes N and "
+                         f"--process-id I (or ${ENV_COORDINATOR}, ${ENV_NUM_PROCESSES}, ${ENV_PROCESS_ID}); got "
+                         f"coordinator={coordinator}, num_processes={num_processes}, process_id={process_id}")
+    if coordinator is None:
+        return None, None, None
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--coordinator must be HOST:PORT (e.g. 10.0.0.1:8476), got {coordinator!r}")
+    if num_processes < 1:
+        raise ValueError(f"--num-processes must be >= 1, got {num_processes}")
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+    return coordinator, num_processes, process_id
+
+
+def maybe_initialize(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                     process_id: Optional[int] = None, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
+    """`jax.distributed.initialize` for a described multi-process job; a no-op otherwise (or
+    when already initialised, or with $MAGNET_JAX_NO_DISTRIBUTED set)."""
+    if os.environ.get("MAGNET_JAX_NO_DISTRIBUTED") or jax.distributed.is_initialized():
         return
-    if any(os.environ.get(k) for k in _MULTIHOST_ENV):
+    coordinator, num_processes, process_id = process_spec(coordinator, num_processes, process_id)
+    if coordinator is not None:
+        if num_processes == 1:
+            return
+        # Cross-process collectives between CPU devices (JAX's default there is none; no effect
+        # on accelerators).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        try:
+            jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                       process_id=process_id, initialization_timeout=timeout_s)
+        except Exception as e:  # noqa: BLE001  (XLA raises plain RuntimeErrors / XlaRuntimeErrors)
+            raise ConnectionError(f"process {process_id} of {num_processes} could not join the job at coordinator "
+                                  f"{coordinator} within {timeout_s}s: {e}") from None
+    elif any(os.environ.get(k) for k in _AUTODETECTED_ENV):
         jax.distributed.initialize()
-        log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
-                 jax.local_device_count(), jax.device_count())
+    else:
+        return
+    log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())

@@ -1,0 +1,73 @@
+"""A pod on one machine: `magnet-jax train` as 2 processes x 4 CPU devices through
+launch/local_cluster.sh (gloo collectives), against 1 process x 8 devices."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = ["--config.train.num_steps=8", "--config.train.log_every=2", "--config.train.eval_every=8",
+         "--config.train.checkpoint_every=8", "--config.train.plot=False", "--config.decode.decoding_steps=(2,1,1,1)"]
+
+
+def _cluster(workdir, processes: int, devices: int, *overrides: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    cmd = ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), str(processes), str(devices), "--",
+           sys.executable, "-m", "magnet_jax.cli", "train", "--config", "configs/tiny.py", "--no-progress",
+           f"--config.train.workdir={workdir}", *STEPS, *overrides]
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    return run.stdout
+
+
+def _losses(workdir):
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return np.array([r["loss"] for r in rows if r["kind"] == "train"])
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("one") / "run"
+    _cluster(workdir, 1, 8)
+    return _losses(workdir)
+
+
+@pytest.mark.parametrize("mesh", [
+    ("--config.mesh.data=-1",),
+    ("--config.mesh.data=1", "--config.mesh.fsdp=-1"),
+    ("--config.mesh.data=-1", "--config.mesh.tensor=2"),
+], ids=["dp", "fsdp", "dp+tp"])
+def test_two_processes_train_as_one(tmp_path, single, mesh):
+    """Meshes spanning both processes give the loss curve of one process with all 8 devices;
+    only process 0 reports, and the post-training sampling runs across both (FSDP included)."""
+    out = _cluster(tmp_path / "run", 2, 4, *mesh)
+    np.testing.assert_allclose(_losses(tmp_path / "run"), single, rtol=2e-4)
+    assert "[p0] run directory:" in out and "[p1] run directory" not in out
+    assert "[p0] samples for 4 captions" in out
+
+
+def test_launcher_fails_when_a_process_fails(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cmd = ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "2", "1", "--", "bash", "-c",
+           'echo "hello from $MAGNET_JAX_PROCESS_ID of $MAGNET_JAX_NUM_PROCESSES"; '
+           '[ "$MAGNET_JAX_PROCESS_ID" = 1 ] && sleep 1 && exit 3; sleep 30']
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 3
+    assert "[p0] hello from 0 of 2" in run.stdout and "[p1] hello from 1 of 2" in run.stdout
+    assert "stopping the others" in run.stderr
+
+
+def test_process_arguments_are_checked():
+    from magnet_jax.parallel.distributed import process_spec
+
+    assert process_spec(None, None, None) == (None, None, None)
+    assert process_spec("10.0.0.1:8476", 4, 3) == ("10.0.0.1:8476", 4, 3)
+    with pytest.raises(ValueError, match="needs all three"):
+        process_spec("127.0.0.1:1234", None, None)
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        process_spec("localhost", 2, 0)
+    with pytest.raises(ValueError, match=r"--process-id must be in \[0, 2\)"):
+        process_spec("127.0.0.1:1234", 2, 2)
