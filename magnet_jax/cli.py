@@ -28,7 +28,8 @@ def _train(args, overrides: List[str]) -> int:
         ev, base = result.last_eval, result.baselines
         print(f"step {result.step}: held-out CE per stage {fmt(ev['ce_per_stage'])} nats; "
               f"without the caption {fmt(ev['ce_per_stage_null_text'])}; "
-              f"unigram baseline {fmt(base.get('unigram_nats', []))}, noise floor {base.get('floor_nats', float('nan')):.3f}")
+              f"unigram baseline {fmt(base.get('unigram_nats', []))}, noise floor {base.get('floor_nats', float('nan')):.3f}"
+              + (f" (on these held-out batches {fmt(base['floor_heldout_nats'])})" if "floor_heldout_nats" in base else ""))
     if cfg.data.kind == "synthetic":  # every process takes part (FSDP shards span them), process 0 prints
         _sample_after_training(cfg, result)
     if not lead:
@@ -99,6 +100,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO chatter
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'" on CPU
     # `--config.x.y=v` are config overrides, everything else goes to argparse.
     overrides = [a for a in argv if a.startswith("--config.")]
     rest = [a for a in argv if not a.startswith("--config.")]

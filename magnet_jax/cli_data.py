@@ -57,6 +57,9 @@ def run_tokenize(args, overrides: List[str]) -> int:
     if not args.audio_only and (args.sample_rate is not None or args.channels is not None):
         raise ValueError("--sample-rate/--channels go with --audio-only; tokens are made at the codec's rate and "
                          "channel count")
+    if not os.path.exists(os.path.expanduser(args.source)):  # before the codec loads (or downloads)
+        raise ValueError(f"--source {args.source} does not exist: give an audiocraft .jsonl manifest, a folder of "
+                         "audio files, or a dataset made with --audio-only")
     args.sample_rate = 32000 if args.sample_rate is None else args.sample_rate
     args.channels = 1 if args.channels is None else args.channels
     for flag in ("segment_duration", "min_segment_duration", "chunk_size", "batch_size", "sample_rate", "channels"):

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import List
@@ -98,6 +99,11 @@ def _out_paths(out: str, n: int) -> List[Path]:
     path = Path(out)
     if path.suffix.lower() not in (".wav", ".flac"):
         raise ValueError(f"--out {out}: use a .wav or .flac file name")
+    existing = path.absolute().parent  # the folder is created if missing: check what exists of it
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ValueError(f"--out {out}: cannot write there ({existing} is not a writable folder); choose another --out")
     if n == 1:
         return [path]
     return [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(n)]

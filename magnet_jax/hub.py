@@ -51,10 +51,33 @@ def _download(repo_id: str, patterns: Sequence[str], *, cache_dir: Optional[str]
         raise ModelNotFoundError(f"{what} {repo_id!r} does not exist on the Hugging Face hub") from e
     except Exception as e:  # offline, proxy, ...: say what to do instead
         raise ModelNotFoundError(
-            f"could not get {what} {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). Offline, pass a "
-            f"local folder instead (see magnet_jax/hub.py for the layout), or download it first with "
-            f"`hf download {repo_id}`.") from e
+            f"could not get {what} {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). {_offline_hint(repo_id)}"
+        ) from e
     return Path(path)
+
+
+def _offline_hint(repo_id: str) -> str:
+    """What to fetch for an offline run: a model needs its LM, its codec and its T5."""
+    return (f"A MAGNeT model has three parts: the LM ({', '.join(LM_FILES)}), its EnCodec and its T5 encoder. "
+            f"With network, download each once: `hf download {repo_id}`, then the codec that "
+            "compression_state_dict.bin points to and the T5 that xp.cfg names (the music models: "
+            "`hf download facebook/encodec_32khz` and `hf download t5-base`). Offline, pass the three folders: "
+            f"--model DIR (holding {' and '.join(LM_FILES)}), --codec DIR and --t5 DIR (Hugging Face folders with "
+            "config.json), or place them as DIR/encodec_32khz/ and DIR/t5-base/ beside the LM files.")
+
+
+def _training_run_hint(path: Path) -> Optional[str]:
+    """A magnet-jax training directory is not an exported model: say what it is instead."""
+    if not ((path / "config.txt").is_file() and (path / "checkpoints").is_dir()):
+        return None
+    config = (path / "config.txt").read_text(errors="replace")
+    if "synthetic" in config:
+        return (f"{path} is a magnet-jax training run on the embedded synthetic data (the quickstart): that model "
+                "learned token streams with no codec behind them, so it has no audio to generate. The run already "
+                "scored its samples against the data's rules. To hear music, use an official model "
+                "(--model facebook/magnet-small-10secs) or train on audio tokens (README: Training on your own audio).")
+    return (f"{path} is a magnet-jax training run (config.txt, checkpoints/), not an exported audiocraft model "
+            f"folder ({' and '.join(LM_FILES)}); generating from training checkpoints is not supported yet.")
 
 
 def resolve_model_dir(name_or_dir: str, *, cache_dir: Optional[str] = None, local_files_only: bool = False) -> Path:
@@ -62,6 +85,8 @@ def resolve_model_dir(name_or_dir: str, *, cache_dir: Optional[str] = None, loca
     path = Path(os.path.expanduser(str(name_or_dir)))
     if path.is_dir():
         missing = [f for f in LM_FILES if not (path / f).is_file()]
+        if missing and _training_run_hint(path):
+            raise ModelNotFoundError(_training_run_hint(path))
         if missing:
             raise ModelNotFoundError(f"{path} lacks {missing}: a MAGNeT model folder holds {list(LM_FILES)} "
                                      "(audiocraft's export layout)")

@@ -71,3 +71,13 @@ def test_process_arguments_are_checked():
         process_spec("localhost", 2, 0)
     with pytest.raises(ValueError, match=r"--process-id must be in \[0, 2\)"):
         process_spec("127.0.0.1:1234", 2, 2)
+
+
+def test_unreachable_coordinator_is_a_clear_error_in_bounded_time():
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "MAGNET_JAX_INIT_TIMEOUT": "2",
+           "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "magnet_jax.cli", "train", "--config", "configs/tiny.py",
+           "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "1"]
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "the coordinator 127.0.0.1:1 did not answer within 2s" in run.stderr

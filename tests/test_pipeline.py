@@ -10,7 +10,7 @@ from flax import nnx
 from magnet_jax import MAGNeT
 from magnet_jax.convert.audiocraft_checkpoint import load_audiocraft_lm
 from magnet_jax.convert.audiocraft_lm import ConversionError
-from magnet_jax.hub import ModelNotFoundError
+from magnet_jax.hub import ModelNotFoundError, resolve_model_dir
 
 from tests.reference import audiocraft_lm as harness
 from tests.reference import require
@@ -138,6 +138,12 @@ def test_cli_generate_and_convert(folder, tmp_path, capsys):
                       (["--top-p", "2"], "top_p"), (["--top-k", "-5"], "top-k")):
         assert main(["generate", "x", "--model", nowhere, *bad, *common]) == 2
         assert says in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert main(["generate", "x", "--model", nowhere, "--out", str(tmp_path / "a_file" / "x.wav"), *common]) == 2
+    assert "cannot write there" in capsys.readouterr().err
+    assert main(["tokenize", "--source", nowhere, "--out", str(tmp_path), "--name", "n", "--codec", nowhere]) == 2
+    err = capsys.readouterr().err
+    assert "--source" in err and "does not exist" in err
     assert main(["convert", str(folder), *common]) == 0
     out = tmp_path / "out" / "clip.wav"
     rc = main(["generate", "80s disco", "rain", "--model", str(folder), "--out", str(out), "--seed", "1",
@@ -195,3 +201,21 @@ def test_bfloat16_end_to_end(folder, pipeline, tmp_path):
     ref = pipeline.decode_codes(codes)
     assert wav.dtype == np.float32 and np.isfinite(wav).all()
     assert 0 < np.abs(wav - ref).max() <= 0.05 * np.abs(ref).max()  # computed in bfloat16, and close
+
+
+def test_model_errors_say_what_to_fetch_and_what_a_training_run_is(tmp_path, monkeypatch):
+    """Offline, a missing hub model names all three parts to download; a quickstart run
+    directory is explained as a token-only model, not as a folder lacking files."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as e:
+        resolve_model_dir("facebook/magnet-small-10secs", cache_dir=str(tmp_path / "hub"), local_files_only=True)
+    assert all(s in str(e.value) for s in ("three parts", "hf download facebook/magnet-small-10secs",
+                                           "encodec_32khz", "t5-base", "--codec DIR and --t5 DIR"))
+    run = tmp_path / "quickstart"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.txt").write_text("data.source = 'synthetic'\n")
+    with pytest.raises(ModelNotFoundError, match="synthetic data .* no codec"):
+        resolve_model_dir(str(run))
+    (run / "config.txt").write_text("data.source = 'songs'\n")
+    with pytest.raises(ModelNotFoundError, match="training run .* not supported yet"):
+        resolve_model_dir(str(run))

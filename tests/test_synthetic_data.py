@@ -57,6 +57,25 @@ def test_reference_losses():
     assert uni.shape == (4,) and (uni > DATA.noise_floor_nats() + 2.5).all() and (uni <= math.log(64) + 1e-9).all()
 
 
+def test_bayes_optimal_predictor_reaches_the_floor_and_nothing_beats_it():
+    """The floor is what the generator's Bayes-optimal predictor scores on held-out data (the
+    expectation, within the sampling error of 20k tokens per stage), and predictors that
+    trust the clean token more or less score worse on the same tokens."""
+    data = SyntheticMusicTokens(card=64, n_q=4, num_frames=50, noise=0.1, seed=3, max_text_len=8)
+    indices = data.eval_indices(0, 400)
+    bayes = data.bayes_nats(indices)
+    floor = data.noise_floor_nats()
+    per_token_sd = math.sqrt(0.1 * 0.9) * (math.log(64 / 0.1) - 0.1)  # a Bernoulli(noise) mixture, roughly
+    assert np.all(np.abs(bayes - floor) < 4 * per_token_sd / math.sqrt(400 * 50)), (bayes, floor)
+    codes = data.examples(indices)["codes"]
+    hit_rate = (bayes - (-math.log(0.1 / 64))) / (-math.log(1 - 0.1 + 0.1 / 64) + math.log(0.1 / 64))
+    for p_true in (0.8, 0.85, 0.95, 0.99):  # any other weight on the clean token, the rest uniform
+        other = (1 - p_true) / 63
+        ce = -(hit_rate * math.log(p_true) + (1 - hit_rate) * math.log(other))
+        assert np.all(ce > bayes), (p_true, ce, bayes)
+    assert codes.shape == (400, 4, 50)
+
+
 def test_caption_encoding_and_config_checks():
     ids, mask = encode_captions(["fast jazz with piano"], 6)
     assert ids.shape == (1, 6) and mask.tolist() == [[True] * 4 + [False] * 2]

@@ -12,7 +12,8 @@ streams of `num_frames` tokens built like RVQ codes of a periodic piece:
 The mood words are distractors (they change nothing). The "world" (motifs, permutations)
 is fixed; `seed` only selects the examples. Known floor: with the context or caption
 revealing the clean token, the best possible cross-entropy is the entropy of the noise
-channel (`noise_floor_nats`). Stage 0 with everything masked and no caption also lacks
+channel (`noise_floor_nats`, an expectation; `bayes_nats` is the Bayes-optimal predictor's
+cross-entropy on given examples, the floor of a finite held-out set). Stage 0 with everything masked and no caption also lacks
 the motif and phase, so the floor is a lower bound; the caption is what closes that gap.
 The unigram entropy per stage is what a model that ignores all context reaches.
 """
@@ -148,10 +149,14 @@ class SyntheticMusicTokens:
         ex.pop("captions")
         return ex
 
+    @staticmethod
+    def eval_indices(index: int, batch_size: int) -> np.ndarray:
+        start = _EVAL_OFFSET + index * batch_size
+        return np.arange(start, start + batch_size)
+
     def eval_batch(self, index: int, batch_size: int) -> Dict[str, np.ndarray]:
         """A fixed held-out batch (indices disjoint from any training step)."""
-        start = _EVAL_OFFSET + index * batch_size
-        ex = self.examples(np.arange(start, start + batch_size))
+        ex = self.examples(self.eval_indices(index, batch_size))
         ex.pop("captions")
         return ex
 
@@ -179,6 +184,26 @@ class SyntheticMusicTokens:
         p_true = 1.0 - e + e / v
         other = e / v
         return -p_true * math.log(p_true) - (v - 1) * other * (math.log(other) if other > 0 else 0.0)
+
+    def bayes_nats(self, indices: Sequence[int]) -> np.ndarray:
+        """[K] cross-entropy per stage of the Bayes-optimal predictor on these examples' tokens:
+        it knows each clean token (stage 0: the caption's motif at the example's phase; stage
+        k: the permutation of the observed stage k - 1 token) and puts 1 - noise + noise / card
+        on it, noise / card on every other token. Its expectation is `noise_floor_nats`; on a
+        finite held-out set it is that set's own floor (the noise is what no model predicts)."""
+        indices = np.asarray(indices, np.int64)
+        attrs, _, _ = self._draw(indices)
+        tempo, genre, inst, _, phase = attrs.T
+        period = self._periods[tempo]
+        pos = (np.arange(self.num_frames)[None, :] + phase[:, None]) % period[:, None]
+        codes = self.examples(indices)["codes"]
+        clean = np.empty_like(codes)
+        clean[:, 0] = self.motifs[genre[:, None], inst[:, None], pos]
+        for k in range(1, self.n_q):
+            clean[:, k] = self.permutations[k - 1][codes[:, k - 1]]
+        e, v = self.noise, self.card
+        hit, miss = -math.log(1.0 - e + e / v), (-math.log(e / v) if e > 0 else math.inf)
+        return np.where(codes == clean, hit, miss).mean(axis=(0, 2))
 
     def unigram_entropy_nats(self, num_examples: int = 2048) -> np.ndarray:
         """[K] entropy of each stage's marginal token distribution (estimated on held-out data)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 from typing import Optional
 
 import jax
@@ -20,7 +22,7 @@ _AUTODETECTED_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_JO
                      "MEGASCALE_COORDINATOR_ADDRESS")
 ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = (
     "MAGNET_JAX_COORDINATOR", "MAGNET_JAX_NUM_PROCESSES", "MAGNET_JAX_PROCESS_ID")
-DEFAULT_TIMEOUT_S = 300
+DEFAULT_TIMEOUT_S = 300  # joining the job; $MAGNET_JAX_INIT_TIMEOUT overrides
 
 
 def _env_int(name: str) -> Optional[int]:
@@ -57,8 +59,25 @@ def process_spec(coordinator: Optional[str] = None, num_processes: Optional[int]
     return coordinator, num_processes, process_id
 
 
+def wait_for_coordinator(coordinator: str, timeout_s: float) -> None:
+    """Returns once HOST:PORT accepts a TCP connection; ConnectionError naming it after timeout_s."""
+    host, _, port = coordinator.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2.0):
+                return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise ConnectionError(
+                    f"the coordinator {coordinator} did not answer within {timeout_s:g}s ({e}): start process 0 "
+                    f"(--process-id 0) on that host, check the address and that the port is open "
+                    f"(${ENV_COORDINATOR}, or raise $MAGNET_JAX_INIT_TIMEOUT)") from None
+            time.sleep(0.5)
+
+
 def maybe_initialize(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
-                     process_id: Optional[int] = None, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
+                     process_id: Optional[int] = None, timeout_s: Optional[int] = None) -> None:
     """`jax.distributed.initialize` for a described multi-process job; a no-op otherwise (or
     when already initialised, or with $MAGNET_JAX_NO_DISTRIBUTED set)."""
     if os.environ.get("MAGNET_JAX_NO_DISTRIBUTED") or jax.distributed.is_initialized():
@@ -67,15 +86,14 @@ def maybe_initialize(coordinator: Optional[str] = None, num_processes: Optional[
     if coordinator is not None:
         if num_processes == 1:
             return
+        timeout_s = timeout_s or _env_int("MAGNET_JAX_INIT_TIMEOUT") or DEFAULT_TIMEOUT_S
         # Cross-process collectives between CPU devices (JAX's default there is none; no effect
         # on accelerators).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        try:
-            jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                       process_id=process_id, initialization_timeout=timeout_s)
-        except Exception as e:  # noqa: BLE001  (XLA raises plain RuntimeErrors / XlaRuntimeErrors)
-            raise ConnectionError(f"process {process_id} of {num_processes} could not join the job at coordinator "
-                                  f"{coordinator} within {timeout_s}s: {e}") from None
+        if process_id != 0:  # XLA aborts the process on an unreachable coordinator: check first
+            wait_for_coordinator(coordinator, timeout_s)
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id, initialization_timeout=timeout_s)
     elif any(os.environ.get(k) for k in _AUTODETECTED_ENV):
         jax.distributed.initialize()
     else:

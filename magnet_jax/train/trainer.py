@@ -90,12 +90,16 @@ def frozen_text_encoder(cfg: Config, mesh):
     return (lambda frozen, ids, mask: nnx.merge(graphdef, frozen)(ids, mask)), params
 
 
-def data_baselines(data) -> Dict[str, Any]:
-    """Reference losses of the data (nats per token): the floor of its noise, and the
-    unigram entropy per stage (what a model that ignores all context reaches)."""
+def data_baselines(data, eval_batches: int = 0, batch_size: int = 0) -> Dict[str, Any]:
+    """Reference losses of the data (nats per token): the floor of its noise (expected, and
+    per stage on the held-out batches themselves, whose noise varies), and the unigram
+    entropy per stage (what a model that ignores all context reaches)."""
     out: Dict[str, Any] = {}
     if hasattr(data, "noise_floor_nats"):
         out["floor_nats"] = float(data.noise_floor_nats())
+    if hasattr(data, "bayes_nats") and eval_batches:
+        indices = np.concatenate([data.eval_indices(i, batch_size) for i in range(eval_batches)])
+        out["floor_heldout_nats"] = [float(x) for x in data.bayes_nats(indices)]
     if hasattr(data, "unigram_entropy_nats"):
         out["unigram_nats"] = [float(x) for x in np.atleast_1d(data.unigram_entropy_nats())]
     return out
@@ -136,6 +140,18 @@ class BatchReader:
         close = getattr(self.it, "close", None)
         if close is not None:
             close()
+
+
+def memory_summary(stats) -> str:
+    """One line of a compiled program's per-device memory (XLA's CompiledMemoryStats)."""
+    if stats is None:
+        return "memory unknown"
+    mb = lambda n: f"{n / 2**20:.1f} MB"
+    total = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes \
+        - stats.alias_size_in_bytes
+    return (f"memory per device {mb(total)} (arguments {mb(stats.argument_size_in_bytes)}, outputs "
+            f"{mb(stats.output_size_in_bytes)}, temporaries {mb(stats.temp_size_in_bytes)}, aliased "
+            f"{mb(stats.alias_size_in_bytes)})")
 
 
 def check_batch_sizes(cfg: Config, mesh, rules) -> int:
@@ -183,7 +199,7 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
     mesh = make_mesh(cfg.mesh)
     rules = cfg.mesh.rules
     data = make_data_source(cfg)
-    baselines = data_baselines(data)
+    baselines = data_baselines(data, tcfg.eval_batches, tcfg.global_batch_size)
     tx, schedule = make_optimizer(cfg.optim, tcfg.num_steps)
     with jax.set_mesh(mesh), axis_rules(rules):
         per_device = check_batch_sizes(cfg, mesh, rules)
@@ -219,8 +235,8 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
         t0 = time.time()
         compiled = step_fn.lower(state, first, base_key, *frozen_args).compile()
         compile_s = time.time() - t0
-        mem = compiled.memory_analysis()
-        log.info("train step compiled in %.1fs; per-device batch %d; memory %s", compile_s, per_device, mem)
+        log.info("train step compiled in %.1fs; per-device batch %d; %s", compile_s, per_device,
+                 memory_summary(compiled.memory_analysis()))
 
         eval_fn = jax.jit(make_eval_step(cfg, graphdef, text_encoder))
         eval_batches = [to_global(process_slice(data.eval_batch(i, g), pidx, pcount), mesh, rules, g)
