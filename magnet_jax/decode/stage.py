@@ -4,7 +4,8 @@ Mirrors audiocraft's `MagnetLMModel._generate_stage`: re-mask the lowest-confide
 (how many: a host table), run the LM once (batch doubled for classifier-free guidance),
 guide, sample into the masked frames only, and score the new spans. The reference computes
 the last layer, the head and the sampling at every position; here they run only at the
-positions whose sample or confidence is used, in chunks (the keys still see every frame).
+positions whose sample or confidence is used, at the smallest of a few static sizes that
+holds them (the keys still see every frame).
 """
 from __future__ import annotations
 

@@ -107,7 +107,8 @@ class MagnetLM(nnx.Module):
 
     def embed(self, codes: jnp.ndarray) -> jnp.ndarray:
         c = self.config
-        table = self.emb[...].astype(jnp.dtype(c.dtype))
+        # Gathered whole before the lookups (FSDP-style; see EmbeddingTextEncoder).
+        table = constrain(self.emb[...], (None, None, None)).astype(jnp.dtype(c.dtype))
         # One [B, T, D] lookup per codebook, added in the reference's order (a gathered
         # [B, K, T, D] reduced over K is several times slower on CPU).
         x = table[0][codes[:, 0]]

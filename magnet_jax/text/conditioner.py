@@ -18,6 +18,7 @@ from flax import nnx
 from magnet_jax.config import ConditionerConfig
 from magnet_jax.nn.initializers import torch_linear_default_init
 from magnet_jax.nn.linear import Dense, param
+from magnet_jax.parallel.logical import constrain
 
 
 class EmbeddingTextEncoder(nnx.Module):
@@ -29,7 +30,9 @@ class EmbeddingTextEncoder(nnx.Module):
 
     def __call__(self, ids: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
         del mask
-        return self.table[...][ids]
+        # Gathered whole before the lookup (FSDP-style): its gradient is then summed per device
+        # and reduce-scattered, instead of resharding the batch-sharded cotangent onto the table.
+        return constrain(self.table[...], (None, None))[ids]
 
 
 class TextConditioner(nnx.Module):
