@@ -18,7 +18,14 @@ shift 3
 PORT=${MAGNET_JAX_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 
 pids=()
-stop_all() { for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done; }
+# TERM first (a JAX process may take it as a pre-emption notice and stop cleanly), KILL 20 s later.
+stop_all() {
+  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
+  if [[ -z "${killer:-}" ]]; then
+    ( sleep 20; for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; done ) &
+    killer=$!
+  fi
+}
 trap 'stop_all' TERM INT
 
 for ((i = 0; i < N; i++)); do
@@ -48,5 +55,6 @@ while ((${#running[@]} > 0)); do
     stop_all
   fi
 done
+[[ -n "${killer:-}" ]] && kill "$killer" 2>/dev/null
 wait  # the output prefixers
 exit $status
