@@ -18,11 +18,12 @@ shift 3
 PORT=${MAGNET_JAX_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 
 pids=()
-# TERM first (a JAX process may take it as a pre-emption notice and stop cleanly), KILL 20 s later.
+# TERM first (a JAX process may take it as a pre-emption notice and stop cleanly), KILL
+# $MAGNET_JAX_KILL_AFTER seconds later (default 20).
 stop_all() {
   for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
   if [[ -z "${killer:-}" ]]; then
-    ( sleep 20; for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; done ) &
+    ( sleep "${MAGNET_JAX_KILL_AFTER:-20}"; for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; done ) &
     killer=$!
   fi
 }

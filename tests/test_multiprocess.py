@@ -60,6 +60,16 @@ def test_launcher_fails_when_a_process_fails(tmp_path):
     assert "stopping the others" in run.stderr
 
 
+def test_launcher_kills_a_process_that_ignores_term():
+    """A JAX process may take TERM as a pre-emption notice and stay (e.g. stuck in a
+    collective): the launcher still ends, with the failed process's status."""
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "MAGNET_JAX_KILL_AFTER": "1"}
+    cmd = ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "2", "1", "--", "bash", "-c",
+           'trap "" TERM; [ "$MAGNET_JAX_PROCESS_ID" = 1 ] && sleep 1 && exit 4; sleep 60']
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 4, run.stderr
+
+
 def test_process_arguments_are_checked():
     from magnet_jax.parallel.distributed import process_spec
 

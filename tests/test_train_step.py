@@ -13,7 +13,7 @@ from magnet_jax.parallel.mesh import make_mesh
 from magnet_jax.train.optimizer import make_optimizer
 from magnet_jax.train.state import build_train_state
 from magnet_jax.train.step import build_inputs, masked_cross_entropy
-from magnet_jax.train.trainer import compile_train_step, make_data_source, to_global
+from magnet_jax.train.trainer import compile_train_step, make_data_source, memory_summary, to_global
 
 
 def small_cfg(**mesh):
@@ -108,7 +108,11 @@ def test_per_device_memory_falls_with_fsdp():
             batch = to_global(make_data_source(c).batch(0, g), mesh, c.mesh.rules, g)
             step = compile_train_step(c, graphdef, tx, schedule, sh, batch, mesh, c.mesh.rules)
             compiled = step.lower(state, batch, jax.random.key(0)).compile()
-            sizes[n] = compiled.memory_analysis().argument_size_in_bytes
+            stats = compiled.memory_analysis()
+            sizes[n] = stats.argument_size_in_bytes
+            line = memory_summary(stats)  # what the trainer logs: one line, not the stats dump
+            assert "\n" not in line and "CompiledMemoryStats" not in line
+            assert f"arguments {stats.argument_size_in_bytes / 2**20:.1f} MB" in line
     assert sizes[8] < sizes[1] / 4, sizes
 
 
