@@ -60,6 +60,11 @@ def run_tokenize(args, overrides: List[str]) -> int:
     if not os.path.exists(os.path.expanduser(args.source)):  # before the codec loads (or downloads)
         raise ValueError(f"--source {args.source} does not exist: give an audiocraft .jsonl manifest, a folder of "
                          "audio files, or a dataset made with --audio-only")
+    from magnet_jax.hub import looks_like_path
+
+    if not args.audio_only and not os.path.exists(os.path.expanduser(args.codec)) and looks_like_path(args.codec):
+        raise ValueError(f"--codec {args.codec}: no such folder or file (give a Hugging Face EnCodec folder, an "
+                         "audiocraft compression_state_dict.bin, or a hub name like facebook/encodec_32khz)")
     args.sample_rate = 32000 if args.sample_rate is None else args.sample_rate
     args.channels = 1 if args.channels is None else args.channels
     for flag in ("segment_duration", "min_segment_duration", "chunk_size", "batch_size", "sample_rate", "channels"):

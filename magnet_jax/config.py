@@ -206,6 +206,9 @@ class Config:
     data: DataConfig = DataConfig()
 
     def __post_init__(self):
+        from magnet_jax.config_checks import check_values
+
+        check_values(self)
         if self.masking.span_len != self.lm.span_len:
             raise ValueError(
                 f"masking.span_len={self.masking.span_len} differs from lm.span_len={self.lm.span_len}; "

@@ -37,6 +37,12 @@ def _looks_like_repo(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
+def looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id ('org/name' or a legacy 'name' such as t5-base)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name \
+        or name.endswith((".bin", ".pt", ".th", ".safetensors", ".json"))
+
+
 def _download(repo_id: str, patterns: Sequence[str], *, cache_dir: Optional[str], local_files_only: bool,
               what: str) -> Path:
     try:
@@ -122,4 +128,6 @@ def resolve_component(name: str, *, explicit: Optional[str], model_dir: Optional
             return c
     if explicit:
         raise ModelNotFoundError(f"{what} folder {explicit} has no config.json (a Hugging Face folder is expected)")
+    if looks_like_path(name):  # a path that does not exist: not a hub id to ask the hub about
+        raise ModelNotFoundError(f"{what} {name}: no such folder (and not a hub name like facebook/encodec_32khz)")
     return _download(name, patterns, cache_dir=cache_dir, local_files_only=local_files_only, what=what)

@@ -84,7 +84,7 @@ def test_overrides_of_each_type():
     out = apply_overrides(cfg, [
         "config.lm.dim=512",  # int
         "--config.optim.lr=1e-4",  # float with exponent, '--config.' prefix
-        "optim.b2=1",  # float given as an int
+        "optim.weight_decay=1",  # float given as an int
         "train.plot=False",  # bool
         "lm.causal=yes",
         "lm.layer_scale=none",  # Optional -> None
@@ -95,7 +95,7 @@ def test_overrides_of_each_type():
     ])
     assert out.lm.dim == 512 and isinstance(out.lm.dim, int)
     assert out.optim.lr == pytest.approx(1e-4) and isinstance(out.optim.lr, float)
-    assert out.optim.b2 == 1.0 and isinstance(out.optim.b2, float)
+    assert out.optim.weight_decay == 1.0 and isinstance(out.optim.weight_decay, float)
     assert out.train.plot is False and out.lm.causal is True
     assert out.lm.layer_scale is None and out.lm.depthwise_init is None
     assert out.decode.decoding_steps == (20, 10, 10, 10)

@@ -139,12 +139,17 @@ def test_refuses_foreign_objects_without_running_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.save({"x": _Evil()}, tmp_path / "evil.bin")
     with pytest.raises(TorchFileError, match=r"contains a pickled (posix|nt)\.system.*does not load.*"
-                                             r"pip install 'magnet_jax\[convert\]'"):
+                                             r"re-save it with PyTorch .* holding only tensors"):
         load_torch_file(tmp_path / "evil.bin")
     assert not (tmp_path / "pwned").exists()
     torch.save({"w": torch.ones(2), "obj": _Custom()}, tmp_path / "custom.bin")
     with pytest.raises(TorchFileError, match=r"contains a pickled \S*test_torch_pickle\._Custom"):
         load_torch_file(tmp_path / "custom.bin")
+    # The advice works: loaded with torch, the foreign object replaced, saved again.
+    sd = torch.load(tmp_path / "custom.bin", weights_only=False)
+    sd["obj"] = "replaced"
+    torch.save(sd, tmp_path / "plain.bin")
+    assert load_torch_file(tmp_path / "plain.bin")["obj"] == "replaced"
     torch.save({"a": np.ones(3)}, tmp_path / "numpy.bin")  # numpy objects are not on the allow-list either
     with pytest.raises(TorchFileError, match="contains a pickled numpy"):
         load_torch_file(tmp_path / "numpy.bin")
@@ -222,7 +227,7 @@ def test_bad_files(tmp_path):
         load_torch_file(junk)
     legacy = tmp_path / "legacy.bin"
     torch.save({"a": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
-    with pytest.raises(TorchFileError, match=r"legacy \(non-zip\) torch file.*pip install"):
+    with pytest.raises(TorchFileError, match=r"legacy \(non-zip\) torch file.*re-save it with PyTorch"):
         load_torch_file(legacy)
     good = tmp_path / "good.bin"
     torch.save({"a": torch.randn(64, 64)}, good)

@@ -23,7 +23,10 @@ from typing import Any, Dict, Union
 import ml_dtypes
 import numpy as np
 
-_FIX = "load it with PyTorch instead: pip install 'magnet_jax[convert]'"
+# What helps: PyTorch rewriting the file as a zip of plain tensors and containers, which this reader loads.
+_FIX = ("re-save it with PyTorch (which does run its code) holding only tensors, dicts, lists, numbers and "
+        "strings, e.g. python -c \"import torch; torch.save(torch.load('IN', weights_only=False), 'OUT')\" "
+        "once any other objects in it are replaced, then give OUT")
 
 # torch.<Name>Storage -> element type (the storage types torch >= 1.6 pickles for the classic dtypes)
 _STORAGE_DTYPES = {

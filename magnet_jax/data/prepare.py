@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from magnet_jax.data.audio_io import AudioError, EmptyAudioError, read_audio
-from magnet_jax.data.records import ChunkWriter, dataset_facts, finished_dataset, open_dataset
+from magnet_jax.data.records import ChunkWriter, dataset_facts, dataset_folder, finished_dataset, open_dataset
 from magnet_jax.data.sources import AudioItem, load_source
+from magnet_jax.run_lock import LOCK_NAME, RunLock
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +101,16 @@ def build_audio_dataset(source: str, root: str, *, name: str, sample_rate: int, 
     done = _already_done(root, name, overwrite)
     if done:
         return done
+    with _locked(root, name, process_index):
+        return _build_audio_dataset(source, root, name, sample_rate, channels, segment_s, min_segment_s, chunk_size,
+                                    process_index, process_count, wait_s, progress)
+
+
+def _build_audio_dataset(source, root, name, sample_rate, channels, segment_s, min_segment_s, chunk_size,
+                         process_index, process_count, wait_s, progress) -> Optional[str]:
     items = load_source(source)
     writer = ChunkWriter(root, name, audio_features(channels), num_items=len(items), chunk_size=chunk_size,
-                         process_index=process_index, process_count=process_count,
+                         process_index=process_index, process_count=process_count, files=source_files(items, source),
                          plan=dict(source=str(source), sample_rate=sample_rate, channels=channels, segment_s=segment_s,
                                    min_segment_s=min_segment_s))
     _run_chunks(writer, items, progress, f"segments {name}", lambda chunk_items, skipped: (
@@ -111,6 +120,29 @@ def build_audio_dataset(source: str, root: str, *, name: str, sample_rate: int, 
                              min_segment_s=min_segment_s, skipped=skipped)))
     return _finalize(writer, wait_s, f"audio segments of {source} at {sample_rate} Hz",
                      dict(sample_rate=sample_rate, channels=channels, segment_s=segment_s, min_segment_s=min_segment_s))
+
+
+def _locked(root: str, name: str, process_index: int) -> RunLock:
+    """One run per dataset and process index: a second is refused, naming the first."""
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    return RunLock(folder, f"dataset {folder} (process {process_index})", name=f"{LOCK_NAME}.p{process_index}")
+
+
+def source_files(items, source: str) -> Dict[str, List[int]]:
+    """{file: [size, mtime_ns]} of what a run reads: each audio file, or an audio dataset's files."""
+    if isinstance(items, range):
+        paths = sorted(p for p in dataset_folder(source).iterdir() if p.is_file())
+    else:
+        paths = [it.path for it in items]
+    out = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out[str(p)] = [st.st_size, st.st_mtime_ns]
+        except OSError:  # unreadable files are skipped (and counted) when their chunk is made
+            out[str(p)] = [-1, -1]
+    return out
 
 
 def _already_done(root: str, name: str, overwrite: bool) -> Optional[str]:
@@ -217,6 +249,13 @@ def tokenize(source: str, codec, root: str, *, name: str, segment_s: float = 30.
     done = _already_done(root, name, overwrite)
     if done:
         return done
+    with _locked(root, name, process_index):
+        return _tokenize(source, codec, root, name, segment_s, min_segment_s, chunk_size, batch_size, process_index,
+                         process_count, wait_s, progress)
+
+
+def _tokenize(source, codec, root, name, segment_s, min_segment_s, chunk_size, batch_size, process_index,
+              process_count, wait_s, progress) -> Optional[str]:
     items, segs = _source_segments(source, sample_rate=codec.sample_rate, channels=codec.channels,
                                    segment_s=segment_s, min_segment_s=min_segment_s)
     if isinstance(items, range):  # an audio dataset: its own segments, already cut
@@ -224,6 +263,7 @@ def tokenize(source: str, codec, root: str, *, name: str, segment_s: float = 30.
         segment_s, min_segment_s = facts.get("segment_s", segment_s), facts.get("min_segment_s", min_segment_s)
     writer = ChunkWriter(root, name, token_features(codec.num_codebooks), num_items=len(items),
                          chunk_size=chunk_size, process_index=process_index, process_count=process_count,
+                         files=source_files(items, source),
                          plan=dict(source=str(source), sample_rate=codec.sample_rate, num_codebooks=codec.num_codebooks,
                                    segment_s=segment_s, min_segment_s=min_segment_s))
 

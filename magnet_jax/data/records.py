@@ -31,7 +31,8 @@ _TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 class ChunkWriter:
     def __init__(self, root: str, name: str, features, *, num_items: int, chunk_size: int = 64,
-                 process_index: int = 0, process_count: int = 1, plan: Optional[Dict[str, Any]] = None):
+                 process_index: int = 0, process_count: int = 1, plan: Optional[Dict[str, Any]] = None,
+                 files: Optional[Dict[str, List[int]]] = None):
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
         self.root, self.name, self.features = Path(root), name, features
@@ -40,6 +41,8 @@ class ChunkWriter:
         self.num_items, self.chunk_size = num_items, chunk_size
         self.process_index, self.process_count = process_index, process_count
         self._check_plan(plan or {})
+        if files is not None:
+            self._check_files(files)
 
     def _check_plan(self, extra: Dict[str, Any]) -> None:
         """A resumed run must cut the same items into the same chunks (and make them the same way)."""
@@ -52,6 +55,24 @@ class ChunkWriter:
                                  "source and chunk size, or write to another folder")
         else:
             _atomic_write_text(path, json.dumps(plan))
+
+    def _check_files(self, files: Dict[str, List[int]]) -> None:
+        """A resumed run must read the same source files: chunks are cut by position in the file
+        list, so a file added and another removed would shift items between chunks unseen."""
+        path = self.work / "files.json"
+        if not path.is_file():
+            _atomic_write_text(path, json.dumps(files))
+            return
+        saved = json.loads(path.read_text())
+        if saved == files:
+            return
+        added = sorted(set(files) - set(saved))
+        removed = sorted(set(saved) - set(files))
+        changed = sorted(k for k in set(files) & set(saved) if files[k] != saved[k])
+        what = "; ".join(f"{len(v)} {name} (e.g. {v[0]})" for name, v in
+                         (("added", added), ("removed", removed), ("changed", changed)) if v)
+        raise ValueError(f"the source changed since this run started ({what}); its finished chunks were cut from "
+                         f"the old file list. Restore the source as it was, or delete {self.work} to start over.")
 
     @property
     def num_chunks(self) -> int:

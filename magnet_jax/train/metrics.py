@@ -3,19 +3,24 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str, *, tensorboard: bool = True):
+    """Appends rows to `metrics.jsonl`. Opened for a run that starts at `start_step`, it first sets
+    aside the rows past that step (a resumed run writes them again) and a torn last line (a write
+    cut by a crash), into `metrics.dropped.jsonl`, so the file reads as one clean run."""
+
+    def __init__(self, workdir: str, *, tensorboard: bool = True, start_step: int = 0):
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
+            self.dropped = drop_rows_after(self.path, start_step)
             self._file = open(self.path, "a", buffering=1)
             if tensorboard:
                 from tensorboardX import SummaryWriter
@@ -51,14 +56,46 @@ def _to_py(v):
     return [None if not np.isfinite(x) else float(x) for x in a.reshape(-1)]
 
 
-def read_metrics(path: str, kind: Optional[str] = None):
-    rows = []
+def _parse_lines(path: str) -> Tuple[List[dict], List[str]]:
+    """(rows, lines that are not rows). Only the last line may be torn (a write cut by a crash);
+    a bad line before it means the file was damaged otherwise, and is an error naming it."""
     with open(path) as f:
-        for line in f:
-            row = json.loads(line)
-            if kind is None or row.get("kind") == kind:
-                rows.append(row)
-    return rows
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    rows, bad = [], []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:
+            if i + 1 < len(lines):
+                raise ValueError(f"{path} line {i + 1} is not a metrics row ({e}); fix or remove that line") from None
+            bad.append(line)
+    return rows, bad
+
+
+def read_metrics(path: str, kind: Optional[str] = None):
+    rows, _ = _parse_lines(path)
+    return [r for r in rows if kind is None or r.get("kind") == kind]
+
+
+def drop_rows_after(path: str, step: int) -> int:
+    """Moves the rows past `step` (and a torn last line) of `path` to `metrics.dropped.jsonl`
+    beside it, keeping everything else in order; returns how many lines moved."""
+    if not os.path.isfile(path):
+        return 0
+    rows, torn = _parse_lines(path)
+    keep = [r for r in rows if r.get("step", 0) <= step]
+    moved = [json.dumps(r) for r in rows if r.get("step", 0) > step] + torn
+    if not moved:
+        return 0
+    with open(os.path.join(os.path.dirname(path), "metrics.dropped.jsonl"), "a") as f:
+        f.write("".join(line + "\n" for line in moved))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in keep))
+    os.replace(tmp, path)  # the file is either the old one or the clean one, never half written
+    return len(moved)
 
 
 def summarise_train_window(window) -> Dict[str, object]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from typing import Any, Dict, Optional
 
@@ -20,6 +21,7 @@ from magnet_jax.config import Config
 from magnet_jax.config_io import format_config
 from magnet_jax.parallel.logical import axis_rules
 from magnet_jax.parallel.mesh import batch_axis_size, data_sharding, make_mesh
+from magnet_jax.run_lock import RunLock
 from magnet_jax.train.checkpoint import Checkpointer
 from magnet_jax.train.metrics import MetricsWriter, summarise_train_window
 from magnet_jax.train.optimizer import make_optimizer
@@ -46,10 +48,11 @@ class TrainResult:
 def make_data_source(cfg: Config):
     if cfg.data.kind == "synthetic":
         if cfg.conditioner.encoder != "embedding":
+            audio = ("--config.data.source=tfds (data.dir is set but data.source='synthetic' ignores it)"
+                     if cfg.data.dir else "--config.data.dir=<a dataset written by `magnet-jax tokenize`>")
             raise ValueError("the synthetic data's captions are ids of its own small vocabulary, not text for "
                              f"conditioner.encoder={cfg.conditioner.encoder!r}: add "
-                             "--config.conditioner.encoder=embedding, or train on your audio with "
-                             "--config.data.dir=<a dataset written by `magnet-jax tokenize`>")
+                             f"--config.conditioner.encoder=embedding, or train on your audio with {audio}")
         from magnet_jax.data.synthetic import SyntheticMusicTokens
 
         return SyntheticMusicTokens.from_config(cfg.data, cfg.lm, cfg.conditioner)
@@ -192,10 +195,38 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
 
     stop_after: stop (with a checkpoint) after this many steps of this run -- simulates an
     interruption in tests and lets jobs run in bounded slices.
+
+    One run per workdir: process 0 locks it (a second run is refused, naming the first). A
+    workdir this call created is removed again if the run fails before writing anything in it.
     """
-    tcfg = cfg.train
-    workdir = os.path.abspath(tcfg.workdir)
+    workdir = os.path.abspath(cfg.train.workdir)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"train.workdir={cfg.train.workdir} is a file, not a folder: give a folder")
+    created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
+    lock = RunLock(workdir, f"train.workdir {workdir}") if jax.process_index() == 0 else None
+    try:
+        if lock is not None:
+            lock.acquire()
+        return _train(cfg, workdir, progress, stop_after, plot)
+    except BaseException:
+        if created and jax.process_index() == 0 and not _has_results(workdir):
+            lock.release()
+            shutil.rmtree(workdir, ignore_errors=True)  # it failed before training: leave no empty run behind
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _has_results(workdir: str) -> bool:
+    """Whether a run wrote anything worth keeping in `workdir` (metrics or a checkpoint)."""
+    ckpts = os.path.join(workdir, "checkpoints")
+    return os.path.exists(os.path.join(workdir, "metrics.jsonl")) or (os.path.isdir(ckpts) and bool(os.listdir(ckpts)))
+
+
+def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int], plot: Optional[bool]) -> TrainResult:
+    tcfg = cfg.train
     mesh = make_mesh(cfg.mesh)
     rules = cfg.mesh.rules
     data = make_data_source(cfg)
@@ -205,15 +236,19 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
         per_device = check_batch_sizes(cfg, mesh, rules)
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=tcfg.keep_checkpoints,
                             async_save=tcfg.async_checkpointing)
-        start = ckpt.latest_step()
         extra: Dict[str, Any] = {}
+        start = None
+        if ckpt.all_steps():
+            abstract, shardings = abstract_train_state(cfg, tx, mesh, rules)
+            start, state, extra = ckpt.restore_newest_intact(abstract, cfg)
+            if start is None:
+                log.warning("no intact checkpoint left in %s (the damaged ones are in %s.damaged): training "
+                            "starts again from step 0", ckpt.directory, ckpt.directory)
+            else:
+                graphdef = model_graphdef(cfg)
+                log.info("resumed from %s at step %d", ckpt.directory, start)
         if start is None:
             graphdef, state, shardings = build_train_state(cfg, tx, mesh, rules)
-        else:
-            abstract, shardings = abstract_train_state(cfg, tx, mesh, rules)
-            state, extra = ckpt.restore(start, abstract, cfg)
-            graphdef = model_graphdef(cfg)
-            log.info("resumed from %s at step %d", ckpt.directory, start)
         start = int(start or 0)
         if jax.process_index() == 0:
             with open(os.path.join(workdir, "config.txt"), "w") as f:
@@ -249,7 +284,10 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
             outs = jax.device_get(outs)
             return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
 
-        writer = MetricsWriter(workdir)
+        writer = MetricsWriter(workdir, start_step=start)
+        if writer.enabled and writer.dropped:
+            log.info("metrics.jsonl: %d rows past step %d (written before the interruption; this run writes them "
+                     "again) moved to metrics.dropped.jsonl", writer.dropped, start)
         end = tcfg.num_steps if stop_after is None else min(tcfg.num_steps, start + stop_after)
         bar = None
         if progress and jax.process_index() == 0:

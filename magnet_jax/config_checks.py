@@ -1,0 +1,61 @@
+"""Value ranges of the config's numeric keys, checked when a Config is built.
+
+A value outside its range is refused before anything runs, naming the key, the value and what
+it must be: e.g. `train.global_batch_size=0` would otherwise train on empty batches at loss 0
+and save the result, and `train.log_every=0` would fail with a ZeroDivisionError after the
+train step has compiled.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Tuple
+
+_Rule = Tuple[Callable[[Any], bool], str]
+
+_POSITIVE: _Rule = (lambda v: v > 0, "> 0")
+_AT_LEAST_0: _Rule = (lambda v: v >= 0, ">= 0")
+_PROBABILITY: _Rule = (lambda v: 0 <= v <= 1, "in [0, 1]")
+_BELOW_1: _Rule = (lambda v: 0 <= v < 1, "in [0, 1)")
+_MESH_AXIS: _Rule = (lambda v: v == -1 or v >= 1, ">= 1, or -1 for the remaining devices")
+
+RULES: Dict[str, _Rule] = {
+    "lm.n_q": _POSITIVE, "lm.card": _POSITIVE, "lm.dim": _POSITIVE, "lm.num_heads": _POSITIVE,
+    "lm.num_layers": _POSITIVE, "lm.hidden_scale": _POSITIVE, "lm.norm_eps": _POSITIVE,
+    "lm.subcodes_context": (lambda v: v >= -1, ">= 0, or -1 for unrestricted"), "lm.span_len": _POSITIVE,
+    "lm.max_period": _POSITIVE, "lm.positional_scale": _AT_LEAST_0, "lm.scan_unroll": _POSITIVE,
+    "conditioner.vocab_size": _POSITIVE, "conditioner.max_text_len": _POSITIVE,
+    "conditioner.output_dim": _POSITIVE, "conditioner.cfg_dropout": _PROBABILITY,
+    "conditioner.word_dropout": _PROBABILITY,
+    "masking.span_len": _POSITIVE,
+    "decode.temperature": _AT_LEAST_0, "decode.top_k": _AT_LEAST_0, "decode.top_p": _PROBABILITY,
+    "decode.query_buckets": _POSITIVE,
+    "optim.lr": _POSITIVE, "optim.b1": _BELOW_1, "optim.b2": _BELOW_1, "optim.eps": _AT_LEAST_0,
+    "optim.weight_decay": _AT_LEAST_0, "optim.max_norm": _AT_LEAST_0, "optim.warmup_steps": _AT_LEAST_0,
+    "optim.lr_min_ratio": _PROBABILITY, "optim.ema_decay": _BELOW_1, "optim.ema_every": _POSITIVE,
+    "train.num_steps": _POSITIVE, "train.global_batch_size": _POSITIVE, "train.per_device_batch_size": _AT_LEAST_0,
+    "train.log_every": _POSITIVE, "train.eval_every": _POSITIVE, "train.eval_batches": _POSITIVE,
+    "train.checkpoint_every": _POSITIVE, "train.keep_checkpoints": _POSITIVE,
+    "mesh.data": _MESH_AXIS, "mesh.fsdp": _MESH_AXIS, "mesh.tensor": _MESH_AXIS,
+    "data.segment_duration": _POSITIVE, "data.frame_rate": _POSITIVE, "data.noise": _PROBABILITY,
+    "data.min_segment_ratio": _PROBABILITY, "data.merge_text_p": _PROBABILITY, "data.drop_desc_p": _PROBABILITY,
+    "data.drop_other_p": _PROBABILITY, "data.eval_fraction": _BELOW_1, "data.num_threads": _POSITIVE,
+    "data.num_workers": _AT_LEAST_0,
+}
+# Why a value is refused, where "must be ..." alone does not say what would go wrong.
+_WHY = {
+    "train.keep_checkpoints": " (0 would keep no checkpoint of the trained model)",
+    "optim.lr": " (a rate <= 0 does not descend the loss)",
+}
+
+
+def check_values(cfg) -> None:
+    """Raises ValueError naming the first key whose value is out of its range (or not finite)."""
+    for key, (ok, what) in RULES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if isinstance(value, float) and not math.isfinite(value) or not ok(value):
+            raise ValueError(f"{key}={value!r}: it must be {what}{_WHY.get(key, '')}; set "
+                             f"--config.{key}=<value>")
+    for steps in cfg.decode.decoding_steps:
+        if steps < 1:
+            raise ValueError(f"decode.decoding_steps={tuple(cfg.decode.decoding_steps)}: every stage needs >= 1 step")
