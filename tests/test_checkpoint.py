@@ -1,6 +1,12 @@
-"""Orbax checkpoints: exact resume, keep-N, and a clear error on a mismatching config."""
+"""Orbax checkpoints: exact resume, keep-N, a clear error on a mismatching config, and a fallback
+past damaged checkpoints (kept aside) with a metrics log that stays one clean run."""
 import dataclasses
+import glob
+import json
+import logging
 import os
+import re
+import shutil
 
 import jax
 import numpy as np
@@ -10,6 +16,7 @@ from magnet_jax.config_io import load_config
 from magnet_jax.parallel.logical import axis_rules
 from magnet_jax.parallel.mesh import make_mesh
 from magnet_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
+from magnet_jax.train.metrics import read_metrics
 from magnet_jax.train.optimizer import make_optimizer
 from magnet_jax.train.state import abstract_train_state, build_train_state
 from magnet_jax.train.trainer import compile_train_step, make_data_source, to_global, train
@@ -112,3 +119,95 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
             state, _ = ckpt.restore(step, abstract_train_state(cfg, tx, mesh, rules)[0], cfg)
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
     ckpt.close()
+
+
+def _damage(step_dir, kind):
+    data = sorted(glob.glob(str(step_dir / "state" / "ocdbt.process_0" / "d" / "*")), key=os.path.getsize)
+    if kind == "truncated data file":
+        with open(data[-1], "r+b") as f:
+            f.truncate(os.path.getsize(data[-1]) // 2)
+    elif kind == "deleted data file":
+        os.remove(data[-1])
+    elif kind == "flipped bit":
+        raw = bytearray(open(data[-1], "rb").read())
+        raw[len(raw) // 2] ^= 0x10
+        open(data[-1], "wb").write(bytes(raw))
+    elif kind == "emptied folder":
+        for p in step_dir.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    elif kind == "garbage metadata":
+        (step_dir / "meta" / "metadata").write_text("{garbage")
+    elif kind == "garbage array metadata":
+        (step_dir / "state" / "_METADATA").write_text("{garbage")
+    elif kind == "garbage array index":
+        (step_dir / "state" / "manifest.ocdbt").write_bytes(b"xx")
+
+
+DAMAGES = ["truncated data file", "deleted data file", "flipped bit", "emptied folder", "garbage metadata",
+           "garbage array metadata", "garbage array index"]
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(tmp_path, caplog):
+    """Each kind of damage: one warning naming the step and what is wrong, the damaged folder kept
+    under checkpoints.damaged/, and the next newest checkpoint restored."""
+    cfg = _cfg(tmp_path)
+    mesh, rules = make_mesh(cfg.mesh, devices=jax.devices()[:2]), cfg.mesh.rules
+    tx, _ = make_optimizer(cfg.optim, cfg.train.num_steps)
+    with jax.set_mesh(mesh), axis_rules(rules):
+        _, state, _ = build_train_state(cfg, tx, mesh, rules)
+        abstract, _ = abstract_train_state(cfg, tx, mesh, rules)
+        ckpt = Checkpointer(str(tmp_path / "clean"), async_save=False)
+        for step in (1, 2):
+            ckpt.save(step, state.replace(step=state.step + step), cfg, {"data_step": step})
+        ckpt.close()
+        for kind in DAMAGES:
+            folder = tmp_path / kind.replace(" ", "_")
+            shutil.copytree(tmp_path / "clean", folder)
+            _damage(folder / "2", kind)
+            ckpt = Checkpointer(str(folder))
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="magnet_jax.train.checkpoint"):
+                step, restored, extra = ckpt.restore_newest_intact(abstract, cfg)
+            assert (step, int(restored.step), extra) == (1, 1, {"data_step": 1}), kind
+            warnings = [r.getMessage() for r in caplog.records]
+            assert len(warnings) == 1 and "\n" not in warnings[0], (kind, warnings)
+            assert re.search(rf"checkpoint {folder} step 2 is damaged: .*; moved it to {folder}.damaged/2", warnings[0])
+            assert ckpt.all_steps() == [1] and os.path.isdir(f"{folder}.damaged/2"), kind
+            ckpt.close()
+        # Another model's checkpoint is not damage: it stops the run, and nothing is moved.
+        other = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, ema_decay=0.0))
+        other_tx, _ = make_optimizer(other.optim, other.train.num_steps)
+        ckpt = Checkpointer(str(tmp_path / "clean"))
+        with pytest.raises(CheckpointMismatchError, match="holds other arrays than the current train state"):
+            ckpt.restore_newest_intact(abstract_train_state(other, other_tx, mesh, rules)[0], other)
+        assert ckpt.all_steps() == [1, 2]
+        ckpt.close()
+
+
+def test_trainer_resumes_past_a_damaged_checkpoint_and_a_torn_metrics_line(tmp_path, caplog):
+    cfg = _cfg(tmp_path, num_steps=8, checkpoint_every=2, log_every=2, eval_every=100, keep_checkpoints=3)
+    first = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_steps=8))
+    train(first, progress=False, plot=False, stop_after=6)
+    run = tmp_path / "run"
+    _damage(run / "checkpoints" / "6", "flipped bit")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "kind": "tra')  # a write cut by a crash
+    with caplog.at_level(logging.INFO):
+        result = train(cfg, progress=False, plot=False)
+    assert result.step == 8
+    assert "checkpoint" in caplog.text and "step 6 is damaged: its arrays differ from what was saved" in caplog.text
+    assert "resumed from" in caplog.text and "at step 4" in caplog.text
+    assert os.path.isdir(run / "checkpoints.damaged" / "6")
+    rows = read_metrics(str(run / "metrics.jsonl"), "train")
+    assert [r["step"] for r in rows] == [2, 4, 6, 8]  # one clean run: step 6 once, from the resumed run
+    dropped = (run / "metrics.dropped.jsonl").read_text().splitlines()
+    assert json.loads(dropped[0])["step"] == 6 and dropped[-1] == '{"step": 7, "kind": "tra'
+
+
+def test_metrics_readers_tolerate_a_torn_last_line_and_name_a_bad_one(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "kind": "train", "loss": 2.0}\n{"step": 2, "kind": "tr')
+    assert [r["step"] for r in read_metrics(str(path))] == [1]
+    path.write_text('{"step": 1, "kind": "train"}\nnot json\n{"step": 2, "kind": "train"}\n')
+    with pytest.raises(ValueError, match=rf"{path} line 2 is not a metrics row"):
+        read_metrics(str(path))

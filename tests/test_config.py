@@ -210,3 +210,21 @@ def test_format_config_mentions_every_section():
     for f in dataclasses.fields(Config):
         assert f.name in text
     assert "num_frames = 100" in text.replace("  ", " ")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.global_batch_size=0", r"train.global_batch_size=0: it must be > 0"),
+    ("train.global_batch_size=-8", r"train.global_batch_size=-8: it must be > 0"),
+    ("lm.num_heads=0", r"lm.num_heads=0: it must be > 0"),
+    ("train.checkpoint_every=0", r"train.checkpoint_every=0: it must be > 0"),
+    ("train.log_every=0", r"train.log_every=0: it must be > 0"),
+    ("train.keep_checkpoints=0", r"train.keep_checkpoints=0: it must be > 0 \(0 would keep no checkpoint"),
+    ("optim.lr=-1", r"optim.lr=-1.0: it must be > 0"),
+    ("optim.lr=nan", r"optim.lr=nan: it must be > 0"),
+    ("optim.b2=1", r"optim.b2=1.0: it must be in \[0, 1\)"),
+    ("mesh.fsdp=0", r"mesh.fsdp=0: it must be >= 1, or -1"),
+    ("decode.top_p=2", r"decode.top_p=2.0: it must be in \[0, 1\]"),
+])
+def test_values_out_of_range_are_refused_naming_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(str(CONFIG_DIR / "tiny.py"), [override])

@@ -244,6 +244,7 @@ def test_worker_processes_give_the_same_batches_and_resume(env, token_dir, tmp_p
     (["--chunk-size", "0"], "--chunk-size must be > 0"),
     (["--segment-duration", "1", "--min-segment-duration", "2"], "exceeds --segment-duration"),
     (["--sample-rate", "16000"], "go with --audio-only"),
+    (["--codec", "./no/such/codec"], "--codec ./no/such/codec: no such folder or file"),
 ])
 def test_tokenize_cli_refuses_bad_options(env, tmp_path, capsys, extra, message):
     from magnet_jax import cli
@@ -268,3 +269,29 @@ def test_unreadable_caption_is_ignored(tmp_path):
     write_audio(tmp_path / "a.wav", np.zeros((1, 3200), np.float32), 32000, strategy="none")
     (tmp_path / "a.txt").write_bytes(b"\xff\xfe\xfa not utf-8")
     assert load_source(str(tmp_path))[0].info == {}
+
+
+def test_resuming_after_the_source_changed_is_refused_naming_what_changed(env, tmp_path, monkeypatch):
+    """A file added and another removed keep the count, but shift the items between chunks."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(env["folder"], src)
+    kw = dict(name="sounds", sample_rate=16000, segment_s=0.5, min_segment_s=0.4, chunk_size=2, progress=False)
+    real_write = prepare.ChunkWriter.write
+
+    def interrupted(self, chunk, *a, **k):
+        if chunk == 1:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_write(self, chunk, *a, **k)
+
+    monkeypatch.setattr(prepare.ChunkWriter, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.build_audio_dataset(str(src), str(tmp_path / "out"), **kw)
+    monkeypatch.setattr(prepare.ChunkWriter, "write", real_write)
+    (src / "clip0.wav").rename(src / "zz_new.wav")
+    with pytest.raises(ValueError, match=r"the source changed since this run started \(1 added \(e.g. \S*zz_new.wav\); "
+                                         r"1 removed \(e.g. \S*clip0.wav\)\).*delete \S*_work to start over"):
+        prepare.build_audio_dataset(str(src), str(tmp_path / "out"), **kw)
+    (src / "zz_new.wav").rename(src / "clip0.wav")  # restored as it was: the run resumes and completes
+    assert prepare.build_audio_dataset(str(src), str(tmp_path / "out"), **kw) is not None

@@ -2,6 +2,7 @@
 launch/local_cluster.sh (gloo collectives), against 1 process x 8 devices."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -18,9 +19,23 @@ def _cluster(workdir, processes: int, devices: int, *overrides: str) -> str:
     cmd = ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), str(processes), str(devices), "--",
            sys.executable, "-m", "magnet_jax.cli", "train", "--config", "configs/tiny.py", "--no-progress",
            f"--config.train.workdir={workdir}", *STEPS, *overrides]
-    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    run = run_group(cmd, env, timeout=400)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     return run.stdout
+
+
+def run_group(cmd, env, timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run in a session of its own: on a timeout the whole group is killed (the
+    launcher's children too, which would otherwise slow every later test) and the output shown."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[:6])} ... did not finish in {timeout} s:\n{out[-3000:]}\n{err[-6000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _losses(workdir):
@@ -54,7 +69,7 @@ def test_launcher_fails_when_a_process_fails(tmp_path):
     cmd = ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "2", "1", "--", "bash", "-c",
            'echo "hello from $MAGNET_JAX_PROCESS_ID of $MAGNET_JAX_NUM_PROCESSES"; '
            '[ "$MAGNET_JAX_PROCESS_ID" = 1 ] && sleep 1 && exit 3; sleep 30']
-    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    run = run_group(cmd, env, timeout=60)
     assert run.returncode == 3
     assert "[p0] hello from 0 of 2" in run.stdout and "[p1] hello from 1 of 2" in run.stdout
     assert "stopping the others" in run.stderr
@@ -66,7 +81,7 @@ def test_launcher_kills_a_process_that_ignores_term():
     env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "MAGNET_JAX_KILL_AFTER": "1"}
     cmd = ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "2", "1", "--", "bash", "-c",
            'trap "" TERM; [ "$MAGNET_JAX_PROCESS_ID" = 1 ] && sleep 1 && exit 4; sleep 60']
-    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    run = run_group(cmd, env, timeout=30)
     assert run.returncode == 4, run.stderr
 
 

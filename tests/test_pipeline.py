@@ -176,6 +176,13 @@ def test_bad_checkpoints(folder, tmp_path):
         MAGNeT.from_pretrained("not-a-model", local_files_only=True)
     with pytest.raises(ModelNotFoundError, match="lacks"):
         MAGNeT.from_pretrained(str(tmp_path / "missing"), local_files_only=True)
+    # A local path that does not exist is not asked of the hub as a repo id.
+    from magnet_jax import hub
+
+    with pytest.raises(ModelNotFoundError, match=r"codec \./nowhere/encodec: no such folder"):
+        hub.resolve_component("./nowhere/encodec", explicit=None, model_dir=None, subfolder="codec",
+                              env_var="MAGNET_JAX_NO_SUCH_VAR", patterns=hub.CODEC_FILES, what="codec")
+    assert not hub.looks_like_path("t5-base") and not hub.looks_like_path("facebook/encodec_32khz")
 
 
 def test_codec_must_match_the_lm(pipeline):

@@ -58,5 +58,9 @@ def test_synthetic_data_refuses_a_text_encoder():
     from magnet_jax.train.trainer import make_data_source
 
     cfg = load_config("configs/tiny.py", ["conditioner.encoder=t5"])
-    with pytest.raises(ValueError, match="conditioner.encoder=embedding"):
+    with pytest.raises(ValueError, match="conditioner.encoder=embedding.*--config.data.dir="):
+        make_data_source(cfg)
+    # data.dir given, but the source forced to synthetic: the fix is the source, not the dir.
+    cfg = load_config("configs/tiny.py", ["conditioner.encoder=t5", "data.source=synthetic", "data.dir=/data/x"])
+    with pytest.raises(ValueError, match=r"--config.data.source=tfds \(data.dir is set"):
         make_data_source(cfg)

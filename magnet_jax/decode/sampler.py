@@ -185,6 +185,15 @@ class MagnetSampler:
         condition_mask = jnp.asarray(condition_mask).astype(bool)
         self._check_inputs(condition, condition_mask, prompt, settings, length)
         b, (condition, condition_mask, prompt) = self._place(condition, condition_mask, prompt)
+        if jax.process_count() > 1:
+            # Compiled first, then every process starts together: processes that reach the
+            # program's first collective far apart can time out in gloo's reduce-scatter.
+            from magnet_jax.parallel.distributed import barrier
+
+            with self._context():
+                self._generate_jit.lower(self.params, condition, condition_mask, prompt, key, knobs, settings=settings,
+                                         length=length, report=progress is not None).compile()
+            barrier("magnet_jax sampler")
         self._listener = progress
         try:
             with self._context():

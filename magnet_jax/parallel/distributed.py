@@ -100,3 +100,26 @@ def maybe_initialize(coordinator: Optional[str] = None, num_processes: Optional[
         return
     log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
+
+
+_barriers = 0
+
+
+def barrier(name: str, timeout_s: float = 1800.0) -> None:
+    """Waits until every process reaches `name` (the coordination service's barrier: no device
+    collective). Before a program's first collective: processes that reach it far apart (one
+    compiled slower) can time out in gloo's reduce-scatter, which waits only 30 s on CPU."""
+    if jax.process_count() == 1:
+        return
+    global _barriers
+    _barriers += 1  # every process passes the same barriers in the same order: ids agree, never reused
+    name = f"{name} #{_barriers}"
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:  # pragma: no cover - multi-process without jax.distributed (not a case we create)
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+        return
+    client.wait_at_barrier(name, int(timeout_s * 1000))

@@ -19,6 +19,7 @@ import numpy as np
 
 from magnet_jax.config import Config
 from magnet_jax.config_io import format_config
+from magnet_jax.parallel.distributed import barrier
 from magnet_jax.parallel.logical import axis_rules
 from magnet_jax.parallel.mesh import batch_axis_size, data_sharding, make_mesh
 from magnet_jax.run_lock import RunLock
@@ -273,10 +274,11 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
         log.info("train step compiled in %.1fs; per-device batch %d; %s", compile_s, per_device,
                  memory_summary(compiled.memory_analysis()))
 
-        eval_fn = jax.jit(make_eval_step(cfg, graphdef, text_encoder))
         eval_batches = [to_global(process_slice(data.eval_batch(i, g), pidx, pcount), mesh, rules, g)
                         for i in range(tcfg.eval_batches)]
         eval_key = jax.random.fold_in(base_key, 2**31 - 1)
+        eval_fn = jax.jit(make_eval_step(cfg, graphdef, text_encoder)).lower(
+            state.params, eval_batches[0], eval_key, *frozen_args).compile()
 
         def evaluate(params):
             outs = [eval_fn(params, b, jax.random.fold_in(eval_key, i), *frozen_args)
@@ -296,6 +298,7 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
             bar = tqdm(total=tcfg.num_steps, initial=start, desc=f"train {cfg.name}", unit="step", dynamic_ncols=True)
         window, last_train, last_eval = [], None, None
         batch = first
+        barrier("magnet_jax train start")  # the processes compiled at their own pace
         try:
             for step in range(start, end):
                 state, metrics = compiled(state, batch, jax.random.fold_in(base_key, step), *frozen_args)
@@ -336,5 +339,6 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
         if (tcfg.plot if plot is None else plot) and jax.process_index() == 0:
             plot_path = plot_loss_curves(writer.path, os.path.join(workdir, "loss_curves.png"),
                                          baselines=baselines, title=f"MAGNeT {cfg.name}: per-stage loss")
+        barrier("magnet_jax train end")  # process 0 plotted alone
         return TrainResult(state=state, step=end, last_train=last_train, last_eval=last_eval,
                            baselines=baselines, workdir=workdir, plot_path=plot_path, graphdef=graphdef, data=data)
