@@ -5,7 +5,8 @@
 #   launch/local_cluster.sh N D -- magnet-jax train --config configs/tiny.py --config.mesh.fsdp=-1
 #
 # Each output line is prefixed with its process ([p0], [p1], ...). Exits non-zero if any process
-# fails (the others are then stopped); SIGTERM / SIGINT are passed on to every process.
+# fails (the others are then stopped); SIGTERM / SIGINT are passed on to every process
+# (training then stops with a checkpoint: `magnet-jax train` treats SIGTERM as pre-emption).
 set -uo pipefail
 
 usage() { echo "usage: $0 NUM_PROCESSES DEVICES_PER_PROCESS -- COMMAND [ARGS...]" >&2; exit 2; }
@@ -18,16 +19,17 @@ shift 3
 PORT=${MAGNET_JAX_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 
 pids=()
-# TERM first (a JAX process may take it as a pre-emption notice and stop cleanly), KILL
-# $MAGNET_JAX_KILL_AFTER seconds later (default 20).
+# TERM first, KILL $MAGNET_JAX_KILL_AFTER seconds later. A training process takes TERM as a
+# pre-emption notice: it checkpoints and exits, so when the launcher itself is stopped (the
+# job pre-empted) the processes get 60 s for that; after a failure, 20 s.
 stop_all() {
   for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
   if [[ -z "${killer:-}" ]]; then
-    ( sleep "${MAGNET_JAX_KILL_AFTER:-20}"; for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; done ) &
+    ( sleep "${MAGNET_JAX_KILL_AFTER:-$1}"; for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; done ) &
     killer=$!
   fi
 }
-trap 'stop_all' TERM INT
+trap 'stop_all 60' TERM INT
 
 for ((i = 0; i < N; i++)); do
   (
@@ -52,13 +54,13 @@ while ((${#running[@]} > 0)); do
   done_pid=
   wait -n -p done_pid "${running[@]}"
   rc=$?
-  [[ -z "$done_pid" ]] && continue  # interrupted by a trapped signal: keep waiting
+  [[ -z "${done_pid:-}" ]] && continue  # interrupted by a trapped signal (which may unset it): keep waiting
   running=("${running[@]/$done_pid/}")
   read -ra running <<< "${running[*]}"
   if ((rc != 0 && status == 0)); then
     status=$rc
     echo "local_cluster: a process exited with status $rc; stopping the others" >&2
-    stop_all
+    stop_all 20
   fi
 done
 [[ -n "${killer:-}" ]] && kill "$killer" 2>/dev/null

@@ -23,6 +23,11 @@ def _train(args, overrides: List[str]) -> int:
 
     result = train(cfg, progress=not args.no_progress)
     lead = jax.process_index() == 0  # in a multi-process job, only process 0 reports
+    if result.preempted:
+        if lead:
+            print(f"pre-empted at step {result.step}: checkpoint saved in {result.workdir}; run the same command "
+                  "again to resume")
+        return 0
     if result.last_eval is not None and lead:
         fmt = lambda xs: "[" + ", ".join(f"{x:.3f}" for x in xs) + "]"
         ev, base = result.last_eval, result.baselines

@@ -27,6 +27,7 @@ from magnet_jax.train.checkpoint import Checkpointer
 from magnet_jax.train.metrics import MetricsWriter, summarise_train_window
 from magnet_jax.train.optimizer import make_optimizer
 from magnet_jax.train.plot import plot_loss_curves
+from magnet_jax.train.preemption import PreemptionWatch
 from magnet_jax.train.state import abstract_train_state, build_train_state, model_graphdef
 from magnet_jax.train.step import make_eval_step, make_train_step
 
@@ -44,6 +45,7 @@ class TrainResult:
     plot_path: Optional[str] = None
     graphdef: Any = None
     data: Any = None
+    preempted: bool = False  # stopped early by SIGTERM, with a checkpoint
 
 
 def make_data_source(cfg: Config):
@@ -206,16 +208,18 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
     created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
     lock = RunLock(workdir, f"train.workdir {workdir}") if jax.process_index() == 0 else None
+    watch = PreemptionWatch()  # from the start: a notice during compilation stops after the first step
     try:
         if lock is not None:
             lock.acquire()
-        return _train(cfg, workdir, progress, stop_after, plot)
+        return _train(cfg, workdir, progress, stop_after, plot, watch)
     except BaseException:
         if created and jax.process_index() == 0 and not _has_results(workdir):
             lock.release()
             shutil.rmtree(workdir, ignore_errors=True)  # it failed before training: leave no empty run behind
         raise
     finally:
+        watch.close()
         if lock is not None:
             lock.release()
 
@@ -226,7 +230,8 @@ def _has_results(workdir: str) -> bool:
     return os.path.exists(os.path.join(workdir, "metrics.jsonl")) or (os.path.isdir(ckpts) and bool(os.listdir(ckpts)))
 
 
-def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int], plot: Optional[bool]) -> TrainResult:
+def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int], plot: Optional[bool],
+           watch: PreemptionWatch) -> TrainResult:
     tcfg = cfg.train
     mesh = make_mesh(cfg.mesh)
     rules = cfg.mesh.rules
@@ -298,6 +303,7 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
             bar = tqdm(total=tcfg.num_steps, initial=start, desc=f"train {cfg.name}", unit="step", dynamic_ncols=True)
         window, last_train, last_eval = [], None, None
         batch = first
+        preempted = False
         barrier("magnet_jax train start")  # the processes compiled at their own pace
         try:
             for step in range(start, end):
@@ -306,8 +312,9 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
                 done = step + 1
                 if done < end:
                     batch = host_batch(done)  # prepared while the device computes
-                log_now = done % tcfg.log_every == 0 or done == end
-                save_now = done % tcfg.checkpoint_every == 0 or done == end
+                preempted = watch.stop_at(done)
+                log_now = done % tcfg.log_every == 0 or done == end or preempted
+                save_now = done % tcfg.checkpoint_every == 0 or done == end or preempted
                 if (log_now or save_now) and not np.isfinite(float(metrics["loss"])):
                     raise FloatingPointError(
                         f"the loss is not finite at step {done}: the model diverged. The last good checkpoint "
@@ -324,10 +331,15 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
                     log.info("step %d eval ce per stage %s", done, np.round(last_eval["ce_per_stage"], 3))
                 if save_now:
                     ckpt.save(done, state, cfg, {"data_step": done, "seed": tcfg.seed, **reader.state_at(done)},
-                              force=done == end)
+                              force=done == end or preempted)
                 if bar is not None:
                     bar.update(1)
-            if last_eval is None:  # nothing left to train (resumed at the end): still report
+                if preempted:
+                    log.warning("pre-empted (SIGTERM): stopped after step %d with a checkpoint in %s; run the same "
+                                "command again to resume", done, ckpt.directory)
+                    end = done
+                    break
+            if last_eval is None and not preempted:  # nothing left to train (resumed at the end): still report
                 last_eval = evaluate(state.params)
         finally:
             if bar is not None:
@@ -336,9 +348,10 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
             ckpt.close()
             writer.close()
         plot_path = None
-        if (tcfg.plot if plot is None else plot) and jax.process_index() == 0:
+        if (tcfg.plot if plot is None else plot) and jax.process_index() == 0 and not preempted:
             plot_path = plot_loss_curves(writer.path, os.path.join(workdir, "loss_curves.png"),
                                          baselines=baselines, title=f"MAGNeT {cfg.name}: per-stage loss")
         barrier("magnet_jax train end")  # process 0 plotted alone
         return TrainResult(state=state, step=end, last_train=last_train, last_eval=last_eval,
-                           baselines=baselines, workdir=workdir, plot_path=plot_path, graphdef=graphdef, data=data)
+                           baselines=baselines, workdir=workdir, plot_path=plot_path, graphdef=graphdef, data=data,
+                           preempted=preempted)

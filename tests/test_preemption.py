@@ -1,0 +1,64 @@
+"""SIGTERM (a pre-emption notice) ends training with a checkpoint of the step reached, in one
+process and across two (JAX's preemption service picks the step every process stops at)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from magnet_jax.train.checkpoint import Checkpointer
+from magnet_jax.train.metrics import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LONG = ["--config.train.num_steps=100000", "--config.train.log_every=100000", "--config.train.eval_every=100000",
+        "--config.train.checkpoint_every=100000", "--config.train.plot=False"]
+
+
+def _terminate_once_training(cmd, env, timeout=300):
+    """Starts `cmd`, sends SIGTERM a few steps into training; (exit status, stdout, stderr)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        err = []
+        for line in proc.stderr:  # the log goes to stderr
+            err.append(line)
+            if "train step compiled" in line or time.time() > deadline:
+                break
+        time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        out, rest = proc.communicate(timeout=120)
+        return proc.returncode, out, "".join(err) + rest
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _check_stopped_with_a_checkpoint(workdir, out):
+    assert "pre-empted at step" in out, out
+    step = int(out.split("pre-empted at step ")[1].split(":")[0])
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    assert ckpt.latest_step() == step > 0
+    ckpt.close()
+    assert read_metrics(os.path.join(workdir, "metrics.jsonl"), "train")[-1]["step"] == step
+
+
+def test_sigterm_stops_training_with_a_checkpoint(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    cmd = [sys.executable, "-m", "magnet_jax.cli", "train", "--config", "configs/tiny.py", "--no-progress",
+           f"--config.train.workdir={tmp_path / 'run'}", *LONG]
+    rc, out, err = _terminate_once_training(cmd, env)
+    assert rc == 0, err[-3000:]
+    _check_stopped_with_a_checkpoint(tmp_path / "run", out)
+
+
+def test_sigterm_to_a_two_process_job_stops_both_at_one_step(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    cmd = ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "2", "2", "--", sys.executable, "-m",
+           "magnet_jax.cli", "train", "--config", "configs/tiny.py", "--no-progress",
+           f"--config.train.workdir={tmp_path / 'run'}", *LONG]
+    rc, out, err = _terminate_once_training(cmd, env)
+    assert rc == 0, err[-3000:]
+    assert "[p1] pre-empted" not in out
+    _check_stopped_with_a_checkpoint(tmp_path / "run", out.replace("[p0] ", ""))
