@@ -1,7 +1,6 @@
 """Config files, command-line overrides, dict round trip and config diffs."""
 import dataclasses
 import json
-import os
 import pathlib
 
 import pytest

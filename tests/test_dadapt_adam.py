@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 from magnet_jax.train.dadapt_adam import dadapt_adam
 from tests.reference import require

@@ -2,7 +2,6 @@
 count of the compiled forward."""
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 

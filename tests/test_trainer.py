@@ -1,6 +1,5 @@
 """A short quickstart run end to end: loss falls below the unigram baseline, and the run
 leaves metrics, TensorBoard events, checkpoints and the loss-curve PNG behind."""
-import dataclasses
 import json
 import os
 

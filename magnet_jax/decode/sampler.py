@@ -20,7 +20,6 @@ from typing import Callable, Iterator, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
