@@ -36,11 +36,6 @@ for ((i = 0; i < N; i++)); do
     export MAGNET_JAX_COORDINATOR="127.0.0.1:$PORT" MAGNET_JAX_NUM_PROCESSES="$N" MAGNET_JAX_PROCESS_ID="$i"
     export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$D"
     export JAX_PLATFORMS=cpu
-    # Each device runs its program's operations one after another. Otherwise XLA:CPU runs
-    # independent operations concurrently, the processes can reach their collectives in
-    # different orders, and gloo pairs them in call order: one process's all-gather met the
-    # other's all-reduce and both waited forever (seen with FSDP under load on 2 cores).
-    export XLA_FLAGS="$XLA_FLAGS --xla_cpu_multi_thread_eigen=false"
     # Its own process group (same pid), so stopping it stops everything it started; the
     # prefixing seds stay outside it and pass on its last lines.
     exec setsid "$@"
