@@ -15,7 +15,8 @@ STEPS = ["--config.train.num_steps=8", "--config.train.log_every=2", "--config.t
 
 
 def _cluster(workdir, processes: int, devices: int, *overrides: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env = {**{k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")},
+           "MAGNET_JAX_KILL_AFTER": "5"}
     cmd = ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), str(processes), str(devices), "--",
            sys.executable, "-m", "magnet_jax.cli", "train", "--config", "configs/tiny.py", "--no-progress",
            f"--config.train.workdir={workdir}", *STEPS, *overrides]
@@ -25,15 +26,20 @@ def _cluster(workdir, processes: int, devices: int, *overrides: str) -> str:
 
 
 def run_group(cmd, env, timeout: float) -> subprocess.CompletedProcess:
-    """subprocess.run in a session of its own: on a timeout the whole group is killed (the
-    launcher's children too, which would otherwise slow every later test) and the output shown."""
+    """subprocess.run in a session of its own; on a timeout the launcher is stopped with its
+    processes (left running, they would slow every later test) and the output shown."""
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        # TERM to the launcher: it stops its processes, which run in sessions of their own.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=int(env.get("MAGNET_JAX_KILL_AFTER", 60)) + 10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
         pytest.fail(f"{' '.join(cmd[:6])} ... did not finish in {timeout} s:\n{out[-3000:]}\n{err[-6000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
@@ -50,19 +56,16 @@ def single(tmp_path_factory):
     return _losses(workdir)
 
 
-# Not tested: FSDP over processes. On CPU, XLA may reach two independent collectives in
-# different orders on the two processes and gloo, which pairs them in call order, deadlocks (an
-# all-gather met an all-reduce, in gdb). FSDP with data parallelism across the processes hung
-# too, once in two runs. A limit of the CPU simulation: accelerator runtimes order collectives.
-@pytest.mark.parametrize("mesh", [
-    ("--config.mesh.data=-1",),
-    ("--config.mesh.data=-1", "--config.mesh.tensor=2"),
-], ids=["dp", "dp+tp"])
-def test_two_processes_train_as_one(tmp_path, single, mesh):
-    """Meshes spanning both processes give the loss curve of one process with all 8 devices;
-    only process 0 reports, and the post-training sampling runs across both (with parameters
-    on both processes' devices)."""
-    out = _cluster(tmp_path / "run", 2, 4, *mesh)
+# Data parallelism only. With FSDP or tensor parallelism across processes, XLA:CPU may reach two
+# independent collectives in different orders on the two processes, and gloo, which pairs them
+# in call order, deadlocks (in gdb: process 0 in an all-gather, process 1 in an all-reduce). Seen
+# with FSDP (3 of 3 runs under load), FSDP within a process + DP across (1 of 2) and DP + TP (1 of
+# about 8). A limit of the CPU simulation: accelerator runtimes order collectives. FSDP and TP
+# inside one process are tested on 8 devices (test_train_step).
+def test_two_processes_train_as_one(tmp_path, single):
+    """A data-parallel mesh spanning both processes gives the loss curve of one process with
+    all 8 devices; only process 0 reports, and the post-training sampling runs across both."""
+    out = _cluster(tmp_path / "run", 2, 4, "--config.mesh.data=-1")
     np.testing.assert_allclose(_losses(tmp_path / "run"), single, rtol=2e-4)
     assert "[p0] run directory:" in out and "[p1] run directory" not in out
     assert "[p0] samples for 4 captions" in out

@@ -45,9 +45,13 @@ def _terminate_once_training(cmd, env, timeout=300, target=None):
         out, rest = proc.communicate(timeout=120)
         return proc.returncode, out, "".join(err) + rest
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc.poll() is None:  # TERM first: a launcher then stops its processes (own sessions)
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def _check_stopped_with_a_checkpoint(workdir, out):
@@ -69,7 +73,8 @@ def test_sigterm_stops_training_with_a_checkpoint(tmp_path):
 
 
 def test_sigterm_to_one_process_of_two_stops_both_at_one_step(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env = {**{k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")},
+           "MAGNET_JAX_KILL_AFTER": "10"}
     cmd = ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "2", "2", "--", sys.executable, "-m",
            "magnet_jax.cli", "train", "--config", "configs/tiny.py", "--no-progress",
            f"--config.train.workdir={tmp_path / 'run'}", *LONG]
