@@ -6,6 +6,11 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                                    "--xla_cpu_collective_call_terminate_timeout_seconds=300")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# XLA:CPU's thread pool has about as many threads as cores (4 here, from $NPROC when set); 8 fake
+# devices waiting for each other at a collective can hold them all while the others wait for a
+# thread. Suspected cause of an intermittent abort (its message lost to capfd) in the 8-device
+# train-step tests of long runs.
+os.environ.setdefault("NPROC", "32")
 
 import jax  # noqa: E402
 
