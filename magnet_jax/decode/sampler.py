@@ -185,8 +185,7 @@ class MagnetSampler:
         self._check_inputs(condition, condition_mask, prompt, settings, length)
         b, (condition, condition_mask, prompt) = self._place(condition, condition_mask, prompt)
         if jax.process_count() > 1:
-            # Compiled first, then every process starts together: processes that reach the
-            # program's first collective far apart can time out in gloo's reduce-scatter.
+            # Compiled first, then every process starts together (see `barrier`).
             from magnet_jax.parallel.distributed import barrier
 
             with self._context():

@@ -107,8 +107,9 @@ _barriers = 0
 
 def barrier(name: str, timeout_s: float = 1800.0) -> None:
     """Waits until every process reaches `name` (the coordination service's barrier: no device
-    collective). Before a program's first collective: processes that reach it far apart (one
-    compiled slower) can time out in gloo's reduce-scatter, which waits only 30 s on CPU."""
+    collective). Used before a program's first collective, a precaution: processes that reach it
+    far apart (one compiled slower) can time out in gloo's reduce-scatter, which waits only 30 s
+    on CPU (reported upstream, jax-ml/jax#40831; not what deadlocked here)."""
     if jax.process_count() == 1:
         return
     global _barriers
