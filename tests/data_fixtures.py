@@ -46,3 +46,26 @@ def make_caption_folder(root: Path, n: int = 4, sr: int = 32000, bad_files: bool
         sf.write(str(root / "empty.wav"), np.zeros((0, 1), np.float32), sr)
         write_audio(root / "short.wav", _tone(0.1, sr, 300), sr, strategy="none")
     return root
+
+
+def make_data_env(root: Path) -> dict:
+    """A tiny codec (64 codes, 50 Hz) and T5 (width 32), beside audio in both layouts."""
+    from magnet_jax.convert.encodec import load_encodec
+    from tests.encodec_fixtures import make_encodec
+    from tests.t5_fixtures import make_t5
+
+    make_encodec(root / "codec", codebook_size=64)
+    make_t5(root / "t5", d_model=32)
+    _, codec = load_encodec(root / "codec")
+    return dict(root=root, codec=codec, manifest=make_audiocraft_layout(root / "music"),
+                folder=make_caption_folder(root / "sounds"))
+
+
+TOKENIZE_ARGS = dict(name="music", segment_s=1.0, min_segment_s=0.5)
+
+
+def make_token_dataset(env: dict, root: Path) -> str:
+    """The music folder of `make_data_env` tokenised (one process): the dataset's folder."""
+    from magnet_jax.data import prepare
+
+    return prepare.tokenize(str(env["manifest"]), env["codec"], str(root), progress=False, **TOKENIZE_ARGS)

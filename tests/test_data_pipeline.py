@@ -19,22 +19,16 @@ from magnet_jax.data.text import compose_description, word_dropout
 from magnet_jax.text.tokenizer import T5Tokenizer
 from magnet_jax.train.trainer import train
 
-from tests.data_fixtures import make_audiocraft_layout, make_caption_folder
+from tests.data_fixtures import make_data_env, make_token_dataset
 from tests.encodec_fixtures import make_encodec
 from tests.reference import require
-from tests.t5_fixtures import make_t5
 
 require("torch")  # the tiny codec and T5 are made with transformers' PyTorch models
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_encodec(root / "codec", codebook_size=64)
-    make_t5(root / "t5", d_model=32)
-    _, codec = load_encodec(root / "codec")
-    return dict(root=root, codec=codec, manifest=make_audiocraft_layout(root / "music"),
-                folder=make_caption_folder(root / "sounds"))
+    return make_data_env(tmp_path_factory.mktemp("data"))
 
 
 def test_sources_read_both_layouts(env):
@@ -108,9 +102,7 @@ def _cfg(env, data_dir, workdir, steps=6):
 
 @pytest.fixture(scope="module")
 def token_dir(env, tmp_path_factory):
-    root = tmp_path_factory.mktemp("tok")
-    return prepare.tokenize(str(env["manifest"]), env["codec"], str(root), name="music", segment_s=1.0,
-                            min_segment_s=0.5, progress=False)
+    return make_token_dataset(env, tmp_path_factory.mktemp("tok"))
 
 
 def test_batches_crop_compose_and_resume(env, token_dir, tmp_path):

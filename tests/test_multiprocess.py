@@ -2,46 +2,25 @@
 launch/local_cluster.sh (gloo collectives), against 1 process x 8 devices."""
 import json
 import os
-import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.cluster_helpers import LAUNCHER, REPO, cluster_env, run_group
 STEPS = ["--config.train.num_steps=8", "--config.train.log_every=2", "--config.train.eval_every=8",
          "--config.train.checkpoint_every=8", "--config.train.plot=False", "--config.decode.decoding_steps=(2,1,1,1)"]
 
 
 def _cluster(workdir, processes: int, devices: int, *overrides: str) -> str:
-    env = {**{k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")},
-           "MAGNET_JAX_KILL_AFTER": "5"}
-    cmd = ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), str(processes), str(devices), "--",
+    env = cluster_env(MAGNET_JAX_KILL_AFTER="5")
+    cmd = ["bash", LAUNCHER, str(processes), str(devices), "--",
            sys.executable, "-m", "magnet_jax.cli", "train", "--config", "configs/tiny.py", "--no-progress",
            f"--config.train.workdir={workdir}", *STEPS, *overrides]
     run = run_group(cmd, env, timeout=400)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     return run.stdout
-
-
-def run_group(cmd, env, timeout: float) -> subprocess.CompletedProcess:
-    """subprocess.run in a session of its own; on a timeout the launcher is stopped with its
-    processes (left running, they would slow every later test) and the output shown."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # TERM to the launcher: it stops its processes, which run in sessions of their own.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            out, err = proc.communicate(timeout=int(env.get("MAGNET_JAX_KILL_AFTER", 60)) + 10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd[:6])} ... did not finish in {timeout} s:\n{out[-3000:]}\n{err[-6000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _losses(workdir):
@@ -72,8 +51,8 @@ def test_two_processes_train_as_one(tmp_path, single):
 
 
 def test_launcher_fails_when_a_process_fails(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    cmd = ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "2", "1", "--", "bash", "-c",
+    env = cluster_env()
+    cmd = ["bash", LAUNCHER, "2", "1", "--", "bash", "-c",
            'echo "hello from $MAGNET_JAX_PROCESS_ID of $MAGNET_JAX_NUM_PROCESSES"; '
            '[ "$MAGNET_JAX_PROCESS_ID" = 1 ] && sleep 1 && exit 3; sleep 30']
     run = run_group(cmd, env, timeout=60)
@@ -85,8 +64,8 @@ def test_launcher_fails_when_a_process_fails(tmp_path):
 def test_launcher_kills_a_process_that_ignores_term():
     """A JAX process may take TERM as a pre-emption notice and stay (e.g. stuck in a
     collective): the launcher still ends, with the failed process's status."""
-    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "MAGNET_JAX_KILL_AFTER": "1"}
-    cmd = ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "2", "1", "--", "bash", "-c",
+    env = cluster_env(MAGNET_JAX_KILL_AFTER="1")
+    cmd = ["bash", LAUNCHER, "2", "1", "--", "bash", "-c",
            'trap "" TERM; [ "$MAGNET_JAX_PROCESS_ID" = 1 ] && sleep 1 && exit 4; sleep 60']
     run = run_group(cmd, env, timeout=30)
     assert run.returncode == 4, run.stderr

@@ -9,23 +9,10 @@ import time
 
 from magnet_jax.train.checkpoint import Checkpointer
 from magnet_jax.train.metrics import read_metrics
+from tests.cluster_helpers import LAUNCHER, REPO, cluster_env, process_of
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LONG = ["--config.train.num_steps=100000", "--config.train.log_every=100000", "--config.train.eval_every=100000",
         "--config.train.checkpoint_every=100000", "--config.train.plot=False"]
-
-
-def _process_of(workdir, index: int) -> int:
-    """The pid of training process `index` of the job writing to `workdir`."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
-            environ = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if "magnet_jax.cli" in cmdline and str(workdir) in cmdline and f"MAGNET_JAX_PROCESS_ID={index}" in environ:
-            return int(pid)
-    raise AssertionError(f"no process {index} writing to {workdir}")
 
 
 def _terminate_once_training(cmd, env, timeout=300, target=None):
@@ -73,12 +60,11 @@ def test_sigterm_stops_training_with_a_checkpoint(tmp_path):
 
 
 def test_sigterm_to_one_process_of_two_stops_both_at_one_step(tmp_path):
-    env = {**{k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")},
-           "MAGNET_JAX_KILL_AFTER": "10"}
-    cmd = ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "2", "2", "--", sys.executable, "-m",
+    env = cluster_env(MAGNET_JAX_KILL_AFTER="10")
+    cmd = ["bash", LAUNCHER, "2", "2", "--", sys.executable, "-m",
            "magnet_jax.cli", "train", "--config", "configs/tiny.py", "--no-progress",
            f"--config.train.workdir={tmp_path / 'run'}", *LONG]
-    rc, out, err = _terminate_once_training(cmd, env, target=lambda: _process_of(tmp_path / "run", 1))
+    rc, out, err = _terminate_once_training(cmd, env, target=lambda: process_of(tmp_path / "run", 1))
     assert rc == 0, err[-3000:]  # both processes exited 0 (the launcher fails otherwise)
     assert "[p1] pre-empted" not in out
     _check_stopped_with_a_checkpoint(tmp_path / "run", out.replace("[p0] ", ""))

@@ -63,3 +63,15 @@ def test_synthetic_data_refuses_a_text_encoder():
     cfg = load_config("configs/tiny.py", ["conditioner.encoder=t5", "data.source=synthetic", "data.dir=/data/x"])
     with pytest.raises(ValueError, match=r"--config.data.source=tfds \(data.dir is set"):
         make_data_source(cfg)
+
+
+def test_each_process_resumes_its_own_iterator_position(caplog):
+    from magnet_jax.train.trainer import host_iterator_state
+
+    two = {"data_iterator": [{"p": 0}, {"p": 1}]}
+    assert host_iterator_state(two, 1, 2) == {"p": 1} and host_iterator_state(two, 0, 2) == {"p": 0}
+    assert host_iterator_state({"data_iterator": {"p": 0}}, 0, 1) == {"p": 0}  # saved before the per-process list
+    assert host_iterator_state({}, 0, 1) is None
+    with caplog.at_level("WARNING"):
+        assert host_iterator_state(two, 0, 4) is None  # another process count: batches by step instead
+    assert "2 processes, this run has 4" in caplog.text

@@ -8,11 +8,12 @@ SLURM. Nothing described: a single process, no-op. On CPU the processes talk ove
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import time
-from typing import Optional
+from typing import Any, List, Optional
 
 import jax
 
@@ -124,3 +125,52 @@ def barrier(name: str, timeout_s: float = 1800.0) -> None:
         multihost_utils.sync_global_devices(name)
         return
     client.wait_at_barrier(name, int(timeout_s * 1000))
+
+
+
+_exchanges = 0
+
+
+def _exchange_prefix(name: str) -> str:
+    """A key prefix for one exchange; every process calls the exchanges in the same order, so the
+    prefixes agree and are never reused."""
+    global _exchanges
+    _exchanges += 1
+    return f"magnet_jax/{name}/{_exchanges}"
+
+
+def _client():
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:  # pragma: no cover - multi-process without jax.distributed (not a case we create)
+        raise RuntimeError("exchanging values between processes needs jax.distributed to be initialised")
+    return client
+
+
+def gather_to_process_zero(value: Any, name: str, timeout_s: float = 600.0) -> Optional[List[Any]]:
+    """Every process's JSON-serialisable `value`, in process order, on process 0 (None on the
+    others). Through the coordination service's key-value store, not a device collective, so it
+    cannot interleave with a running program's collectives. Every process must call it, in the
+    same order."""
+    if jax.process_count() == 1:
+        return [value]
+    prefix, client = _exchange_prefix(name), _client()
+    client.key_value_set(f"{prefix}/{jax.process_index()}", json.dumps(value))
+    if jax.process_index() != 0:
+        return None
+    values = []
+    for i in range(jax.process_count()):
+        values.append(json.loads(client.blocking_key_value_get(f"{prefix}/{i}", int(timeout_s * 1000))))
+        client.key_value_delete(f"{prefix}/{i}")
+    return values
+
+
+def all_processes(ok: bool, name: str, timeout_s: float = 600.0) -> bool:
+    """Whether `ok` holds on every process (the key-value store as above; every process calls it)."""
+    if jax.process_count() == 1:
+        return bool(ok)
+    prefix, client = _exchange_prefix(name), _client()
+    client.key_value_set(f"{prefix}/{jax.process_index()}", "1" if ok else "0")
+    return all(client.blocking_key_value_get(f"{prefix}/{i}", int(timeout_s * 1000)) == "1"
+               for i in range(jax.process_count()))

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 
 from magnet_jax.config import Config
 from magnet_jax.config_io import config_from_dict, config_to_dict, diff_configs
+from magnet_jax.parallel.distributed import all_processes, barrier
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class Checkpointer:
                 state, extra = self.restore(step, abstract_state, cfg)
             except CheckpointDamagedError as e:
                 error = e
-            if _all_processes_ok(error is None):
+            if all_processes(error is None, "checkpoint intact"):
                 return step, state, extra
             aside = self.set_aside(step)
             log.warning("%s; moved it to %s and trying the checkpoint before it",
@@ -129,10 +130,7 @@ class Checkpointer:
         if jax.process_index() == 0:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.replace(os.path.join(self.directory, str(step)), target)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"magnet_jax checkpoint {step} set aside")
+        barrier(f"magnet_jax checkpoint {step} set aside")
         self._manager.reload()
         return target
 
@@ -161,15 +159,6 @@ def _list_array_store(folder: str) -> None:
         import tensorstore as ts
 
         ts.KvStore.open({"driver": "ocdbt", "base": f"file://{os.path.abspath(folder)}/"}).result().list().result()
-
-
-def _all_processes_ok(ok: bool) -> bool:
-    """Whether `ok` holds on every process (each reads its own shards, so damage may show on one)."""
-    if jax.process_count() == 1:
-        return ok
-    from jax.experimental import multihost_utils
-
-    return bool(multihost_utils.process_allgather(jnp.asarray(ok)).all())
 
 
 def fingerprint(tree) -> List[List[int]]:

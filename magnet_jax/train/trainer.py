@@ -19,7 +19,7 @@ import numpy as np
 
 from magnet_jax.config import Config
 from magnet_jax.config_io import format_config
-from magnet_jax.parallel.distributed import barrier
+from magnet_jax.parallel.distributed import barrier, gather_to_process_zero
 from magnet_jax.parallel.logical import axis_rules
 from magnet_jax.parallel.mesh import batch_axis_size, data_sharding, make_mesh
 from magnet_jax.run_lock import RunLock
@@ -127,6 +127,8 @@ class BatchReader:
         # A checkpoint without iterator state (start > 0): random access by step is equivalent.
         if hasattr(data, "iterator") and (state is not None or not start):
             self.it = data.iterator(*self.args, state=state)
+            if state is not None:
+                log.info("data: this host's iterator continues from its checkpointed position (step %d)", start)
         self.states: Dict[int, Any] = {}
 
     def read(self, step: int):
@@ -139,13 +141,34 @@ class BatchReader:
         return batch
 
     def state_at(self, step: int) -> Dict[str, Any]:
-        return {"data_iterator": self.states[step]} if step in self.states else {}
+        """The checkpoint entry of the iterator positions before `step`: one per process, in
+        process order (gathered on process 0, which writes the metadata); {} without them."""
+        states = gather_to_process_zero(self.states.get(step), "data_iterator")
+        if states is None or any(s is None for s in states):
+            return {}
+        return {"data_iterator": states}
 
     def close(self) -> None:
         """Stops the iterator's reader threads / worker processes."""
         close = getattr(self.it, "close", None)
         if close is not None:
             close()
+
+
+def host_iterator_state(extra: Dict[str, Any], process_index: int, process_count: int):
+    """This process's iterator position from a checkpoint's metadata, or None (then batches are
+    read by random access from the resumed step: the same batches, without read-ahead)."""
+    saved = extra.get("data_iterator")
+    if saved is None:
+        return None
+    if isinstance(saved, dict):  # written before positions were kept per process
+        saved = [saved]
+    if len(saved) != process_count:
+        log.warning("the checkpoint holds the data positions of %d processes, this run has %d: each host's "
+                    "slice of the data differs, so batches are read by step from the resumed step on",
+                    len(saved), process_count)
+        return None
+    return saved[process_index]
 
 
 def memory_summary(stats) -> str:
@@ -265,7 +288,7 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
 
         text_encoder, frozen = frozen_text_encoder(cfg, mesh)
         frozen_args = () if text_encoder is None else (frozen,)
-        reader = BatchReader(data, g, pidx, pcount, start, extra.get("data_iterator"))
+        reader = BatchReader(data, g, pidx, pcount, start, host_iterator_state(extra, pidx, pcount))
 
         def host_batch(step):
             return to_global(reader.read(step), mesh, rules, g)
@@ -342,11 +365,13 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
             if last_eval is None and not preempted:  # nothing left to train (resumed at the end): still report
                 last_eval = evaluate(state.params)
         finally:
-            if bar is not None:
-                bar.close()
-            reader.close()
-            ckpt.close()
-            writer.close()
+            try:
+                if bar is not None:
+                    bar.close()
+                reader.close()
+            finally:  # whatever failed above, the checkpoint being written is finished
+                ckpt.close()
+                writer.close()
         plot_path = None
         if (tcfg.plot if plot is None else plot) and jax.process_index() == 0 and not preempted:
             plot_path = plot_loss_curves(writer.path, os.path.join(workdir, "loss_curves.png"),
