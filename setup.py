@@ -41,6 +41,8 @@ setup(
         "test": ["pytest>=8", "torch==2.13.0", "einops>=0.7", "omegaconf==2.3.0"],
         # PyTorch is only needed to read .bin/.pt pickles and to run reference models in parity tests.
         "convert": ["torch==2.13.0"],
+        # libtpu: `magnet-jax compile` compiles for TPU slices on any machine (tested on CPU).
+        "tpu": ["jax[tpu]==0.10.2"],
     },
     entry_points={"console_scripts": ["magnet-jax=magnet_jax.cli:main"]},
 )

@@ -80,10 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="python config file with get_config(), e.g. configs/quickstart.py")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
-    from magnet_jax import cli_data, cli_generate
+    from magnet_jax import cli_compile, cli_data, cli_generate
 
     cli_generate.add_commands(sub)
     cli_data.add_commands(sub)
+    cli_compile.add_commands(sub)
     for verb in sub.choices.values():
         _add_process_args(verb)
     return parser

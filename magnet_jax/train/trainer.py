@@ -93,7 +93,14 @@ def frozen_text_encoder(cfg: Config, mesh):
                          f"{cfg.conditioner.output_dim}; set it to {t5_cfg.d_model}")
     graphdef, params = nnx.split(t5)
     params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    return (lambda frozen, ids, mask: nnx.merge(graphdef, frozen)(ids, mask)), params
+    return t5_encoder_fn(graphdef), params
+
+
+def t5_encoder_fn(graphdef):
+    """The frozen T5 as the train step calls it: (params, ids, mask) -> hidden states."""
+    from flax import nnx
+
+    return lambda frozen, ids, mask: nnx.merge(graphdef, frozen)(ids, mask)
 
 
 def data_baselines(data, eval_batches: int = 0, batch_size: int = 0) -> Dict[str, Any]:
