@@ -75,3 +75,25 @@ def test_each_process_resumes_its_own_iterator_position(caplog):
     with caplog.at_level("WARNING"):
         assert host_iterator_state(two, 0, 4) is None  # another process count: batches by step instead
     assert "2 processes, this run has 4" in caplog.text
+
+
+def test_the_last_checkpoint_is_finished_even_when_closing_the_reader_fails(tmp_path, monkeypatch):
+    from magnet_jax.train import trainer
+    from magnet_jax.train.checkpoint import Checkpointer
+
+    closed = []
+    real_close = Checkpointer.close
+    monkeypatch.setattr(Checkpointer, "close", lambda self: closed.append(True) or real_close(self))
+
+    def failing_close(self):
+        raise RuntimeError("reader threads would not stop")
+
+    monkeypatch.setattr(trainer.BatchReader, "close", failing_close)
+    cfg = load_config("configs/tiny.py", [f"train.workdir={tmp_path / 'run'}", "train.num_steps=8",
+                                          "train.checkpoint_every=8", "train.plot=False"])
+    with pytest.raises(RuntimeError, match="would not stop"):
+        train(cfg, progress=False)
+    assert closed  # the asynchronous save of step 8 was waited for, not dropped at exit
+    ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"))
+    assert ckpt.latest_step() == 8
+    ckpt.close()
