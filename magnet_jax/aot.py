@@ -73,7 +73,8 @@ def abstract_t5(cfg, dtype):
     name = cfg.conditioner.t5_name
     folder = os.environ.get("MAGNET_JAX_T5_DIR") or os.path.expanduser(name)
     if os.path.isfile(os.path.join(folder, "config.json")):
-        t5_cfg = T5Config.from_hf_dict(json.load(open(os.path.join(folder, "config.json"))))
+        with open(os.path.join(folder, "config.json")) as f:
+            t5_cfg = T5Config.from_hf_dict(json.load(f))
     else:
         short = name.split("/")[-1]
         if short not in T5_SHAPES:
@@ -144,6 +145,9 @@ def compile_train_step_for(cfg, topology: str, num_slices: int = 1) -> Dict[str,
             from flax import nnx
 
             t5_cfg, t5 = abstract_t5(cfg, jnp.dtype(cfg.lm.dtype))
+            if t5_cfg.d_model != cfg.conditioner.output_dim:
+                raise ValueError(f"the T5 encoder has width {t5_cfg.d_model} but conditioner.output_dim="
+                                 f"{cfg.conditioner.output_dim}; set it to {t5_cfg.d_model}")
             t5_graph, t5_params = nnx.split(t5)
             text_encoder, frozen = t5_encoder_fn(t5_graph), (_abstract(t5_params, lambda _: replicated),)
         step = compile_train_step(cfg, model_graphdef(cfg), tx, schedule, shardings, batch, mesh, rules, text_encoder)
@@ -151,7 +155,7 @@ def compile_train_step_for(cfg, topology: str, num_slices: int = 1) -> Dict[str,
     flops = train_step_flops(cfg, g, s)
     n = len(devices)
     # Streamed per step at least: the sharded state read and written, the frozen T5 read once.
-    state_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize // _shards(x) for x in jax.tree.leaves(state))
+    state_bytes = sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in jax.tree.leaves(state))
     stream = 2 * state_bytes + sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(frozen))
     roofline = max(flops / (n * peak * 1e12), stream / (bandwidth * 1e9))
     return dict(kind="train_step", config=cfg.name, topology=topology, num_slices=num_slices, chip=kind, devices=n,
@@ -164,11 +168,6 @@ def compile_train_step_for(cfg, topology: str, num_slices: int = 1) -> Dict[str,
 
 def _fits(memory, hbm: int) -> bool:
     return "oom" not in memory and memory["per_device_bytes"] <= hbm
-
-
-def _shards(x) -> int:
-    sharding = x.sharding
-    return int(np.prod(x.shape)) // max(1, int(np.prod(sharding.shard_shape(x.shape)))) if x.shape else 1
 
 
 def compile_sampler_for(cfg, topology: str, batch: int = 1, cond_len: int = 32) -> Dict[str, Any]:

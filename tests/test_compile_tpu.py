@@ -57,3 +57,10 @@ def test_sampler_compiles_for_one_chip():
 def test_bad_requests_are_clear_errors(argv, message, capsys):
     assert cli.main(["compile", "--config", "configs/tiny.py", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_t5_width_that_differs_from_the_condition_width_is_a_clear_error(capsys):
+    argv = ["compile", "--config", "configs/magnet_small_10s.py", "--topology", "v5e:2x2",
+            "--config.conditioner.output_dim=512"]  # t5-base is 768 wide
+    assert cli.main(argv) == 2
+    assert "the T5 encoder has width 768 but conditioner.output_dim=512" in capsys.readouterr().err
