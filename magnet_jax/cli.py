@@ -35,31 +35,64 @@ def _train(args, overrides: List[str]) -> int:
               f"without the caption {fmt(ev['ce_per_stage_null_text'])}; "
               f"unigram baseline {fmt(base.get('unigram_nats', []))}, noise floor {base.get('floor_nats', float('nan')):.3f}"
               + (f" (on these held-out batches {fmt(base['floor_heldout_nats'])})" if "floor_heldout_nats" in base else ""))
+    verdict = None
     if cfg.data.kind == "synthetic":  # every process takes part (FSDP shards span them), process 0 prints
-        _sample_after_training(cfg, result)
-    if not lead:
-        return 0
-    print(f"run directory: {result.workdir}")
-    if result.plot_path:
-        print(f"loss curves: {result.plot_path}")
+        verdict = _sample_after_training(cfg, result)
+    if lead:
+        print(f"run directory: {result.workdir}")
+        if result.plot_path:
+            print(f"loss curves: {result.plot_path}")
+        if verdict is not None:
+            print(verdict)
+    if cfg.train.smoke_test and verdict is not None and not verdict.learned:
+        return 1
     return 0
 
 
-def _sample_after_training(cfg, result) -> None:
-    """Generate from a few captions with the trained model (EMA weights when kept) and
-    score how well the samples follow the synthetic data's rules."""
+def _sample_after_training(cfg, result):
+    """Generate from a few captions with the trained model (EMA weights when kept), score how
+    well the samples follow the synthetic data's rules, and judge whether the run learned them
+    (the verdict, or None without a held-out evaluation)."""
     from magnet_jax.train.samples import sample_synthetic_captions
+    from magnet_jax.train.verdict import synthetic_verdict
 
     captions = ["slow jazz with piano", "fast techno with synth and dark mood", "medium folk with guitar",
                 "rapid metal with drums"]
     params = result.state.ema_params if result.state.ema_params is not None else result.state.params
     _, agreement = sample_synthetic_captions(cfg, result.graphdef, params, result.data, captions)
-    if jax.process_index() != 0:
+    chance = result.data.random_agreement(captions, cfg.data.num_frames)
+    if jax.process_index() == 0:
+        rates = ", ".join(f"{x:.2f}" for x in agreement)
+        print(f"samples for {len(captions)} captions ({'+'.join(map(str, cfg.decode.decoding_steps))} decoding "
+              f"steps): frames following the data's rules per stage [{rates}] (data itself: {1 - cfg.data.noise:.2f}, "
+              f"random codes: {', '.join(f'{x:.3f}' for x in chance)})")
+    ev, base = result.last_eval, result.baselines
+    if ev is None:
+        return None
+    floor = base.get("floor_heldout_nats") or [base["floor_nats"]] * cfg.lm.n_q
+    return synthetic_verdict(ev["ce_per_stage"], ev["ce_per_stage_null_text"], base["unigram_nats"], floor,
+                             agreement, chance, cfg.data.noise)
+
+
+def _skip_tpu_probe_without_chips() -> None:
+    """With libtpu installed (the `tpu` extra, which `compile` uses) on a machine without TPU
+    chips, JAX's TPU probe prints a screen of warnings at start-up: then only the CPU backend is
+    used (unless JAX_PLATFORMS says otherwise, or a GPU plugin is installed)."""
+    import importlib.util
+    import os
+
+    if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
         return
-    rates = ", ".join(f"{x:.2f}" for x in agreement)
-    print(f"samples for {len(captions)} captions ({'+'.join(map(str, cfg.decode.decoding_steps))} decoding steps): "
-          f"frames following the data's rules per stage [{rates}] (data itself: {1 - cfg.data.noise:.2f}, "
-          f"random codes: {1 / cfg.lm.card:.3f})")
+    if any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin")):
+        return
+    try:
+        from jax._src import hardware_utils
+
+        if hardware_utils.num_available_tpu_chips_and_device_id()[0]:
+            return
+    except Exception:  # a private helper: if it moved, keep JAX's own probe
+        return
+    jax.config.update("jax_platforms", "cpu")
 
 
 def _enable_cache() -> None:
@@ -111,6 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     overrides = [a for a in argv if a.startswith("--config.")]
     rest = [a for a in argv if not a.startswith("--config.")]
     args = build_parser().parse_args(rest)
+    _skip_tpu_probe_without_chips()
     _enable_cache()
     try:
         from magnet_jax.parallel.distributed import maybe_initialize

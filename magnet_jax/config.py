@@ -132,6 +132,7 @@ class TrainConfig:
     async_checkpointing: bool = True
     workdir: str = "runs/default"
     plot: bool = True  # PNG of the loss curves at the end
+    smoke_test: bool = False  # synthetic data: exit 1 unless the final verdict is that the run learned
 
 
 @dataclasses.dataclass(frozen=True)

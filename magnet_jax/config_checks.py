@@ -56,6 +56,9 @@ def check_values(cfg) -> None:
         if isinstance(value, float) and not math.isfinite(value) or not ok(value):
             raise ValueError(f"{key}={value!r}: it must be {what}{_WHY.get(key, '')}; set "
                              f"--config.{key}=<value>")
+    if cfg.train.smoke_test and cfg.data.kind != "synthetic":
+        raise ValueError("train.smoke_test judges a run by the synthetic data's known rules; data.source="
+                         f"{cfg.data.source!r} reads a dataset: drop --config.train.smoke_test")
     for steps in cfg.decode.decoding_steps:
         if steps < 1:
             raise ValueError(f"decode.decoding_steps={tuple(cfg.decode.decoding_steps)}: every stage needs >= 1 step")

@@ -223,7 +223,8 @@ def test_format_config_mentions_every_section():
     ("optim.b2=1", r"optim.b2=1.0: it must be in \[0, 1\)"),
     ("mesh.fsdp=0", r"mesh.fsdp=0: it must be >= 1, or -1"),
     ("decode.top_p=2", r"decode.top_p=2.0: it must be in \[0, 1\]"),
+    ("data.source=tfds", r"train.smoke_test judges a run by the synthetic data.*drop --config.train.smoke_test"),
 ])
 def test_values_out_of_range_are_refused_naming_the_key(override, message):
     with pytest.raises(ValueError, match=message):
-        load_config(str(CONFIG_DIR / "tiny.py"), [override])
+        load_config(str(CONFIG_DIR / "tiny.py"), [override, "train.smoke_test=True"])

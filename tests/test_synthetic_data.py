@@ -94,3 +94,6 @@ def test_structure_agreement_scores_data_and_random_codes():
     assert agree.shape == (4,) and (np.abs(agree - 0.9) < 0.06).all()  # noise 0.1
     rand = np.random.default_rng(0).integers(0, 64, ex["codes"].shape)
     assert (DATA.structure_agreement(rand, ex["captions"])[1:] < 0.1).all()
+    # The chance level the verdict compares against: the best of the period's phases at stage 0.
+    chance = DATA.random_agreement(ex["captions"], 30)
+    assert chance[0] > 2 / 64 and (np.abs(chance[1:] - 1 / 64) < 0.01).all(), chance

@@ -176,6 +176,14 @@ class SyntheticMusicTokens:
                 out[k] += (codes[b, k] == self.permutations[k - 1][codes[b, k - 1]]).mean()
         return out / len(words)
 
+    def random_agreement(self, captions: Sequence[str], num_frames: int, draws: int = 8, seed: int = 0) -> np.ndarray:
+        """[K] `structure_agreement` of uniformly random codes for these captions: chance level
+        (above 1 / card at stage 0, where the best of the period's phases is taken)."""
+        rng = np.random.default_rng(seed)
+        shape = (len(captions), self.n_q, num_frames)
+        return np.mean([self.structure_agreement(rng.integers(0, self.card, shape), captions) for _ in range(draws)],
+                       axis=0)
+
     # -- reference losses ----------------------------------------------------------------
 
     def noise_floor_nats(self) -> float:

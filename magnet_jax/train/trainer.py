@@ -28,6 +28,7 @@ from magnet_jax.train.metrics import MetricsWriter, summarise_train_window
 from magnet_jax.train.optimizer import make_optimizer
 from magnet_jax.train.plot import plot_loss_curves
 from magnet_jax.train.preemption import PreemptionWatch
+from magnet_jax.train.progress import StepProgress
 from magnet_jax.train.state import abstract_train_state, build_train_state, model_graphdef
 from magnet_jax.train.step import make_eval_step, make_train_step
 
@@ -326,11 +327,7 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
             log.info("metrics.jsonl: %d rows past step %d (written before the interruption; this run writes them "
                      "again) moved to metrics.dropped.jsonl", writer.dropped, start)
         end = tcfg.num_steps if stop_after is None else min(tcfg.num_steps, start + stop_after)
-        bar = None
-        if progress and jax.process_index() == 0:
-            from tqdm import tqdm
-
-            bar = tqdm(total=tcfg.num_steps, initial=start, desc=f"train {cfg.name}", unit="step", dynamic_ncols=True)
+        bar = StepProgress(tcfg.num_steps, start, f"train {cfg.name}", enabled=progress and jax.process_index() == 0)
         window, last_train, last_eval = [], None, None
         batch = first
         preempted = False
@@ -339,6 +336,7 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
             for step in range(start, end):
                 state, metrics = compiled(state, batch, jax.random.fold_in(base_key, step), *frozen_args)
                 window.append(metrics)
+                bar.dispatched(metrics["loss"])
                 done = step + 1
                 if done < end:
                     batch = host_batch(done)  # prepared while the device computes
@@ -353,28 +351,26 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
                     last_train = summarise_train_window(jax.device_get(window))
                     window = []
                     writer.write(done, "train", last_train)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{last_train['loss']:.3f}", acc=f"{last_train['acc']:.2f}")
+                    bar.show(loss=f"{last_train['loss']:.3f}", acc=f"{last_train['acc']:.2f}")
                 if done % tcfg.eval_every == 0 or done == tcfg.num_steps:
-                    last_eval = evaluate(state.params)
+                    with bar.paused():
+                        last_eval = evaluate(state.params)
                     writer.write(done, "eval", last_eval)
                     log.info("step %d eval ce per stage %s", done, np.round(last_eval["ce_per_stage"], 3))
                 if save_now:
                     ckpt.save(done, state, cfg, {"data_step": done, "seed": tcfg.seed, **reader.state_at(done)},
                               force=done == end or preempted)
-                if bar is not None:
-                    bar.update(1)
                 if preempted:
                     log.warning("pre-empted (SIGTERM): stopped after step %d with a checkpoint in %s; run the same "
                                 "command again to resume", done, ckpt.directory)
                     end = done
                     break
+            bar.finish_pending()
             if last_eval is None and not preempted:  # nothing left to train (resumed at the end): still report
                 last_eval = evaluate(state.params)
         finally:
             try:
-                if bar is not None:
-                    bar.close()
+                bar.close()
                 reader.close()
             finally:  # whatever failed above, the checkpoint being written is finished
                 ckpt.close()
