@@ -17,7 +17,7 @@ def get_config() -> Config:
         decode=DecodeConfig(decoding_steps=(20, 10, 10, 10)),  # music sampling defaults otherwise
         optim=OptimConfig(optimizer="adamw", lr=2e-3, b1=0.9, b2=0.95, weight_decay=0.01, max_norm=1.0,
                           schedule="cosine", warmup_steps=100, ema_decay=0.99, ema_every=10),
-        train=TrainConfig(num_steps=1200, global_batch_size=16, log_every=20, eval_every=100,
+        train=TrainConfig(num_steps=1000, global_batch_size=16, log_every=20, eval_every=100,
                           checkpoint_every=400, keep_checkpoints=2, workdir="runs/quickstart",
                           smoke_test=True),  # exit 1 unless the verdict says it learned
         data=DataConfig(source="synthetic", segment_duration=2.0, frame_rate=50),  # T = 100 frames

@@ -8,17 +8,20 @@ Each is scored as the fraction of the way the held-out CE went from the unigram 
 model that learned nothing) down to the noise floor of the same batches (the Bayes-optimal
 predictor: nothing can do better). The permutation is one lookup and is learned early; the
 motifs must be memorised, so stage 0 only has to show that the caption is used. Samples must
-follow the permutation rule in at least half as many frames as the data itself does.
+follow the permutation rule far above chance (random codes follow it in 1 / card of frames).
+How far below the data's own rate they stay depends on the decoding settings: under the music
+defaults (guidance 10, temperature 3) they drift from the rule where stage 0 misses the
+caption's motif, so the check asks for learning, not for the data's rate.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import List, Sequence
 
-# Thresholds: fractions of the unigram -> floor gap, and of the data's own rule-following rate.
+# Thresholds: fractions of the unigram -> floor gap, and a multiple of the random codes' rate.
 PERMUTATION_PROGRESS = 0.5
 CAPTION_PROGRESS = 0.2
-SAMPLE_RULE_FRACTION = 0.5
+SAMPLE_OVER_CHANCE = 10.0
 
 
 @dataclasses.dataclass
@@ -55,12 +58,11 @@ def synthetic_verdict(ce: Sequence[float], ce_null_text: Sequence[float], unigra
                        f"{_nums([unigram[s] for s in stages])} to the noise floor {_nums([floor[s] for s in stages])}: "
                        f"{_nums([100 * p for p in prog], '{:.0f}%')} of the way (needed: "
                        f"{PERMUTATION_PROGRESS:.0%})"))
-        data_rate = 1.0 - noise
-        need = SAMPLE_RULE_FRACTION * data_rate
         rates = list(agreement[1:])
-        checks.append((min(rates) >= need,
-                       f"samples follow the permutation rule in {_nums(rates)} of frames (needed: {need:.2f}, half "
-                       f"the data's {data_rate:.2f}; random codes {_nums(random_agreement[1:], '{:.3f}')})"))
+        need = [SAMPLE_OVER_CHANCE * r for r in random_agreement[1:]]
+        checks.append((all(r >= n for r, n in zip(rates, need)),
+                       f"samples follow the permutation rule in {_nums(rates)} of frames (needed: "
+                       f"{SAMPLE_OVER_CHANCE:.0f}x random codes, {_nums(need)}; the data {1.0 - noise:.2f})"))
     caption_gain = (ce_null_text[0] - ce[0]) / max(unigram[0] - floor[0], 1e-9)
     checks.append((caption_gain >= CAPTION_PROGRESS,
                    f"stage 0 (the caption's motif): the caption lowers the held-out CE from {ce_null_text[0]:.2f} "
@@ -70,7 +72,7 @@ def synthetic_verdict(ce: Sequence[float], ce_null_text: Sequence[float], unigra
     head = (f"verdict: learned ({len(checks)} of {len(checks)} checks passed; thresholds from the data's known rules)"
             if learned else
             f"verdict: NOT learned ({sum(ok for ok, _ in checks)} of {len(checks)} checks passed): train longer "
-            f"(--config.train.num_steps; the same command resumes) or check optim.lr")
+            f"(--config.train.num_steps) or check optim.lr")
     lines = [head] + [f"  [{'pass' if ok else 'FAIL'}] {text}" for ok, text in checks]
     lines.append(f"  [info] samples match their caption's motif in {agreement[0]:.2f} of frames (the data "
                  f"{1.0 - noise:.2f}, random codes {random_agreement[0]:.3f}): memorising the motifs takes longer runs")
