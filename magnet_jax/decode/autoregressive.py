@@ -1,0 +1,188 @@
+"""Autoregressive sampling for causal LMs (MusicGen checkpoints), as one compiled program.
+
+    sampler = ARSampler(lm)      # a causal MagnetLM with codebook delays (a converted MusicGen LM)
+    codes = sampler.generate(condition, condition_mask, key, ARSettings(), ARKnobs.create(), length=500)
+
+The clip is laid out in the delay pattern (decode/delay_pattern.py) and generated one
+sequence step at a time, as audiocraft's `LMModel.generate`: step i reads the tokens of
+step i (all codebooks), runs every layer for that one position against a preallocated
+key/value cache of the steps before, and samples the K tokens of step i + 1 from the last
+position's logits. Under classifier-free guidance the batch holds [text; null text] rows
+and the logits mix as null + (text - null) * cfg_coef; only the text rows cross-attend
+(the null text's cross-attention output is a constant: zero without attention biases).
+Prompt cells (continuation) and cells outside the clip keep their tokens; the steps before
+the first free cell run the same program, their draws discarded (a prefill, one step at a
+time). Everything runs in `lax.fori_loop` over steps inside one `jax.jit`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from magnet_jax.decode.delay_pattern import from_pattern, sequence_steps, to_pattern
+from magnet_jax.decode.sampling import sample_tokens
+from magnet_jax.models.magnet_lm import MagnetLM
+from magnet_jax.nn.positional import sin_embedding
+from magnet_jax.nn.transformer import GuidedCross
+
+UNKNOWN = -1  # a cell still to be sampled
+
+
+@dataclasses.dataclass(frozen=True)
+class ARSettings:
+    """Static: changing any of these compiles a new program. Defaults: MusicGen's."""
+
+    use_sampling: bool = True
+    top_k: int = 250
+    cfg: bool = True  # classifier-free guidance: [text; null text] rows
+
+    def __post_init__(self):
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@struct.dataclass
+class ARKnobs:
+    """Traced: any value reuses the compiled program. top_p > 0 wins over top_k (as in audiocraft)."""
+
+    temperature: jnp.ndarray
+    top_p: jnp.ndarray
+    cfg_coef: jnp.ndarray
+
+    @classmethod
+    def create(cls, temperature: float = 1.0, top_p: float = 0.0, cfg_coef: float = 3.0) -> "ARKnobs":
+        if temperature < 0 or not 0 <= top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and top_p in [0, 1], got {temperature}, {top_p}")
+        f = lambda v: jnp.asarray(v, jnp.float32)
+        return cls(f(temperature), f(top_p), f(cfg_coef))
+
+
+class ARSampler:
+    def __init__(self, lm, params=None):
+        """lm: a causal MagnetLM with codebook delays, or its graphdef with `params`."""
+        if isinstance(lm, MagnetLM):
+            self.graphdef, self.params = nnx.split(lm, nnx.Param)
+        else:
+            if params is None:
+                raise ValueError("pass a MagnetLM module, or a graphdef together with params")
+            self.graphdef, self.params = lm, params
+        self.config = c = nnx.merge(self.graphdef, self.params).config
+        if not c.causal or len(c.codebook_delays) != c.n_q:
+            raise ValueError("autoregressive sampling needs a causal LM with one delay per codebook (a MusicGen "
+                             f"checkpoint); this one has causal={c.causal}, codebook_delays={c.codebook_delays}")
+        self._generate_jit = jax.jit(self._generate, static_argnames=("settings", "length"))
+
+    def _lm(self, params) -> MagnetLM:
+        return nnx.merge(self.graphdef, jax.tree.map(lambda x: x, params))
+
+    # -- one sequence step -----------------------------------------------------------------
+
+    def _embed_step(self, lm: MagnetLM, column, position):
+        """column [R, K] int -> [R, 1, D]: the summed codebook embeddings plus the position's."""
+        c = lm.config
+        table = lm.emb[...].astype(jnp.dtype(c.dtype))
+        x = table[0][column[:, 0]]
+        for k in range(1, c.n_q):
+            x = x + table[k][column[:, k]]
+        pos = sin_embedding(position[None], c.dim, c.max_period)
+        return (x + (c.positional_scale * pos).astype(x.dtype))[:, None]
+
+    def _forward_step(self, lm: MagnetLM, cross: Optional[GuidedCross], cache, column, position, guided: bool):
+        """Logits fp32 [R, K, card] of the next step, and the cache with this step's keys/values."""
+        stack = lm.transformer
+        graph, layers = nnx.split(stack.layers)
+        x = self._embed_step(lm, column, position)
+        steps = cache[0].shape[2]
+        self_mask = (jnp.arange(steps) <= position)[None, None, None, :]
+        at = lambda tree, i: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), tree)
+
+        def layer_step(i, carry):
+            h, (ck, cv) = carry
+            layer = nnx.merge(graph, at(layers, i))
+            k_new, v_new = layer.self_key_value(h)
+            ck = jax.lax.dynamic_update_slice(ck, k_new[None].astype(ck.dtype), (i, 0, position, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cv, v_new[None].astype(cv.dtype), (i, 0, position, 0, 0))
+            y = layer.self_block(h, self_mask, kv=(at(ck, i), at(cv, i)))
+            if cross is not None:
+                kv = at(cross.kv, i)
+                if guided:
+                    null = None if cross.null_out is None else at(cross.null_out, i)
+                    y = layer.guided_cross_block(y, h, GuidedCross(kv=kv, mask=cross.mask, null_out=null))
+                else:
+                    y = layer.cross_block(y, h, kv, cross.mask)
+            return layer.ffn_block(y), (ck, cv)
+
+        x, cache = jax.lax.fori_loop(0, stack.num_layers, layer_step, (x, cache))
+        if lm.out_norm is not None:
+            x = lm.out_norm(x)
+        return lm.logits(x)[:, :, 0], cache
+
+    # -- the program -----------------------------------------------------------------------
+
+    def _generate(self, params, condition, condition_mask, prompt, key, knobs: ARKnobs, *, settings: ARSettings,
+                  length: int):
+        lm = self._lm(params)
+        c = lm.config
+        delays = c.codebook_delays
+        b = condition.shape[0]
+        cross = lm.cross_context(condition, condition_mask)
+        guided = settings.cfg and cross is not None
+        rows = 2 * b if guided else b
+        codes = jnp.full((b, c.n_q, length), UNKNOWN, jnp.int32)
+        if prompt is not None and prompt.shape[-1]:
+            codes = codes.at[:, :, :prompt.shape[-1]].set(prompt.astype(jnp.int32))
+        seq = to_pattern(codes, delays, c.mask_id)  # [B, K, S]: known cells and UNKNOWN ones
+        steps = sequence_steps(length, delays)
+        shape = (c.num_layers, rows, steps, c.num_heads, c.dim // c.num_heads)
+        cache = (jnp.zeros(shape, jnp.dtype(c.dtype)), jnp.zeros(shape, jnp.dtype(c.dtype)))
+
+        def step(i, carry):
+            seq, cache = carry
+            column = seq[:, :, i]
+            if guided:
+                column = jnp.concatenate([column, column], axis=0)
+            logits, cache = self._forward_step(lm, cross, cache, column, i, guided)
+            if guided:
+                logits = logits[b:] + (logits[:b] - logits[b:]) * knobs.cfg_coef
+            tokens, _ = sample_tokens(jax.random.fold_in(key, i), logits, knobs.temperature,
+                                      use_sampling=settings.use_sampling, top_k=settings.top_k, top_p=knobs.top_p)
+            nxt = jax.lax.dynamic_index_in_dim(seq, i + 1, axis=2, keepdims=False)
+            nxt = jnp.where(nxt == UNKNOWN, tokens, nxt)
+            return jax.lax.dynamic_update_index_in_dim(seq, nxt, i + 1, axis=2), cache
+
+        seq, _ = jax.lax.fori_loop(0, steps - 1, step, (seq, cache))
+        return from_pattern(seq, delays, length)
+
+    # -- driver ----------------------------------------------------------------------------
+
+    def generate(self, condition, condition_mask, key, settings: Optional[ARSettings] = None,
+                 knobs: Optional[ARKnobs] = None, *, length: int, prompt: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+        """codes int32 [B, K, length]. condition: the projected text condition [B, S, dim] with its
+        mask [B, S]; prompt: codes [B, K, P] kept as they are (continuation)."""
+        settings = ARSettings() if settings is None else settings
+        knobs = ARKnobs.create() if knobs is None else knobs
+        c = self.config
+        condition_mask = jnp.asarray(condition_mask).astype(bool)
+        if condition.ndim != 3 or condition.shape[-1] != c.dim:
+            raise ValueError(f"condition must be the projected text condition [B, S, {c.dim}], got {condition.shape}")
+        if length < 1:
+            raise ValueError(f"length must be >= 1 frame, got {length}")
+        if prompt is not None:
+            if prompt.ndim != 3 or prompt.shape[:2] != (condition.shape[0], c.n_q):
+                raise ValueError(f"prompt must be codes [B={condition.shape[0]}, K={c.n_q}, P], got {prompt.shape}")
+            if prompt.shape[-1] >= length:
+                raise ValueError(f"the prompt ({prompt.shape[-1]} frames) must be shorter than length={length}")
+        return self._generate_jit(self.params, condition, condition_mask, prompt, key, knobs, settings=settings,
+                                  length=length)
+
+    def lower(self, condition, condition_mask, key, settings=None, knobs=None, *, length, prompt=None):
+        """The jitted program lowered for these shapes (compile it to time compilation)."""
+        settings = ARSettings() if settings is None else settings
+        knobs = ARKnobs.create() if knobs is None else knobs
+        return self._generate_jit.lower(self.params, condition, jnp.asarray(condition_mask).astype(bool), prompt,
+                                        key, knobs, settings=settings, length=length)
+
