@@ -17,6 +17,7 @@ time). Everything runs in `lax.fori_loop` over steps inside one `jax.jit`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 import jax
@@ -26,6 +27,7 @@ from flax import nnx, struct
 from magnet_jax.decode.delay_pattern import from_pattern, sequence_steps, to_pattern
 from magnet_jax.decode.sampling import sample_tokens
 from magnet_jax.models.magnet_lm import MagnetLM
+from magnet_jax.nn.attention import _NEG
 from magnet_jax.nn.positional import sin_embedding
 from magnet_jax.nn.transformer import GuidedCross
 
@@ -91,35 +93,40 @@ class ARSampler:
         pos = sin_embedding(position[None], c.dim, c.max_period)
         return (x + (c.positional_scale * pos).astype(x.dtype))[:, None]
 
-    def _forward_step(self, lm: MagnetLM, cross: Optional[GuidedCross], cache, column, position, guided: bool):
-        """Logits fp32 [R, K, card] of the next step, and the cache with this step's keys/values."""
-        stack = lm.transformer
-        graph, layers = nnx.split(stack.layers)
+    def _forward_step(self, lm: MagnetLM, prepared: "_Prepared", caches, column, position, guided: bool):
+        """Logits fp32 [R, K, card] of the next step, and the per-layer caches holding this step's
+        keys/values. Layers are unrolled over per-layer weights and caches (slicing stacked ones
+        inside the loop would copy them at every step)."""
+        graph = nnx.graphdef(lm.transformer.layers)
+        cross = prepared.cross
         x = self._embed_step(lm, column, position)
-        steps = cache[0].shape[2]
-        self_mask = (jnp.arange(steps) <= position)[None, None, None, :]
-        at = lambda tree, i: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), tree)
+        seen = (jnp.arange(caches[0][0].shape[2]) <= position)[None, None, None, :]
+        out = []
+        for index, (layer_state, cache) in enumerate(zip(prepared.layers, caches)):
+            layer = nnx.merge(graph, layer_state)
 
-        def layer_step(i, carry):
-            h, (ck, cv) = carry
-            layer = nnx.merge(graph, at(layers, i))
-            k_new, v_new = layer.self_key_value(h)
-            ck = jax.lax.dynamic_update_slice(ck, k_new[None].astype(ck.dtype), (i, 0, position, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cv, v_new[None].astype(cv.dtype), (i, 0, position, 0, 0))
-            y = layer.self_block(h, self_mask, kv=(at(ck, i), at(cv, i)))
+            def attend(src, layer=layer, cache=cache):
+                y, cache = cached_attention(layer.self_attn, src, cache, position, seen)
+                out.append(cache)
+                return y
+
+            y = layer.self_residual(x, attend)
             if cross is not None:
-                kv = at(cross.kv, i)
+                kv = prepared.cross_kv[index]
                 if guided:
-                    null = None if cross.null_out is None else at(cross.null_out, i)
-                    y = layer.guided_cross_block(y, h, GuidedCross(kv=kv, mask=cross.mask, null_out=null))
+                    null = None if cross.null_out is None else cross.null_out[index]
+                    y = layer.guided_cross_block(y, x, GuidedCross(kv=kv, mask=cross.mask, null_out=null))
                 else:
-                    y = layer.cross_block(y, h, kv, cross.mask)
-            return layer.ffn_block(y), (ck, cv)
-
-        x, cache = jax.lax.fori_loop(0, stack.num_layers, layer_step, (x, cache))
+                    y = layer.cross_block(y, x, kv, cross.mask)
+            x = layer.ffn_block(y)
         if lm.out_norm is not None:
             x = lm.out_norm(x)
-        return lm.logits(x)[:, :, 0], cache
+        c = lm.config
+        logits = jnp.einsum("rd,nd->rn", x[:, 0], prepared.heads.astype(x.dtype), preferred_element_type=jnp.float32)
+        logits = logits.reshape(x.shape[0], c.n_q, c.card)
+        if lm.heads_bias is not None:
+            logits = logits + lm.heads_bias[...].astype(jnp.float32)
+        return logits, tuple(out)
 
     # -- the program -----------------------------------------------------------------------
 
@@ -131,30 +138,31 @@ class ARSampler:
         b = condition.shape[0]
         cross = lm.cross_context(condition, condition_mask)
         guided = settings.cfg and cross is not None
-        rows = 2 * b if guided else b
+        prepared = _Prepared.build(lm, cross)
         codes = jnp.full((b, c.n_q, length), UNKNOWN, jnp.int32)
         if prompt is not None and prompt.shape[-1]:
             codes = codes.at[:, :, :prompt.shape[-1]].set(prompt.astype(jnp.int32))
         seq = to_pattern(codes, delays, c.mask_id)  # [B, K, S]: known cells and UNKNOWN ones
         steps = sequence_steps(length, delays)
-        shape = (c.num_layers, rows, steps, c.num_heads, c.dim // c.num_heads)
-        cache = (jnp.zeros(shape, jnp.dtype(c.dtype)), jnp.zeros(shape, jnp.dtype(c.dtype)))
+        shape = (2 * b if guided else b, c.num_heads, steps, c.dim // c.num_heads)  # the layout the dots want
+        caches = tuple((jnp.zeros(shape, jnp.dtype(c.dtype)), jnp.zeros(shape, jnp.dtype(c.dtype)))
+                       for _ in range(c.num_layers))
 
         def step(i, carry):
-            seq, cache = carry
+            seq, caches = carry
             column = seq[:, :, i]
             if guided:
                 column = jnp.concatenate([column, column], axis=0)
-            logits, cache = self._forward_step(lm, cross, cache, column, i, guided)
+            logits, caches = self._forward_step(lm, prepared, caches, column, i, guided)
             if guided:
                 logits = logits[b:] + (logits[:b] - logits[b:]) * knobs.cfg_coef
             tokens, _ = sample_tokens(jax.random.fold_in(key, i), logits, knobs.temperature,
                                       use_sampling=settings.use_sampling, top_k=settings.top_k, top_p=knobs.top_p)
             nxt = jax.lax.dynamic_index_in_dim(seq, i + 1, axis=2, keepdims=False)
             nxt = jnp.where(nxt == UNKNOWN, tokens, nxt)
-            return jax.lax.dynamic_update_index_in_dim(seq, nxt, i + 1, axis=2), cache
+            return jax.lax.dynamic_update_index_in_dim(seq, nxt, i + 1, axis=2), caches
 
-        seq, _ = jax.lax.fori_loop(0, steps - 1, step, (seq, cache))
+        seq, _ = jax.lax.fori_loop(0, steps - 1, step, (seq, caches))
         return from_pattern(seq, delays, length)
 
     # -- driver ----------------------------------------------------------------------------
@@ -186,3 +194,36 @@ class ARSampler:
         return self._generate_jit.lower(self.params, condition, jnp.asarray(condition_mask).astype(bool), prompt,
                                         key, knobs, settings=settings, length=length)
 
+
+
+@struct.dataclass
+class _Prepared:
+    """What every step reads, laid out once per generation outside the step loop: each layer's
+    weights and cross-attention keys/values as separate arrays, and the heads as [K * card, dim]."""
+
+    layers: tuple
+    cross: Optional[GuidedCross]
+    cross_kv: Optional[tuple]
+    heads: jnp.ndarray
+
+    @classmethod
+    def build(cls, lm: MagnetLM, cross: Optional[GuidedCross]) -> "_Prepared":
+        c = lm.config
+        stacked = nnx.state(lm.transformer.layers)
+        layers = tuple(jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(c.num_layers))
+        cross_kv = None if cross is None else tuple(jax.tree.map(lambda a, i=i: a[i], cross.kv)
+                                                    for i in range(c.num_layers))
+        heads = jnp.swapaxes(lm.heads[...], 1, 2).reshape(c.n_q * c.card, c.dim)
+        return cls(layers, cross, cross_kv, heads)
+
+
+def cached_attention(attn, src, cache, position, seen):
+    """One step of self-attention: src [R, 1, D] (normed) writes its key/value into the cache
+    ([R, H, S, Dh] each) at `position`, then attends to the cached steps where `seen` [1, 1, 1, S]."""
+    q = attn.query(src) * jnp.asarray(1.0 / math.sqrt(attn.head_dim), src.dtype)
+    k, v = attn.key_value(src)
+    ck, cv = (jax.lax.dynamic_update_slice(c, jnp.swapaxes(n, 1, 2).astype(c.dtype), (0, 0, position, 0))
+              for c, n in zip(cache, (k, v)))
+    scores = jnp.einsum("rqhd,rhsd->rhqs", q, ck.astype(q.dtype), preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(jnp.where(seen, scores, _NEG), axis=-1).astype(attn.dtype)
+    return attn.out(jnp.einsum("rhqs,rhsd->rqhd", weights, cv.astype(attn.dtype))), (ck, cv)

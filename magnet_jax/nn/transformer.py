@@ -77,7 +77,10 @@ class TransformerLayer(nnx.Module):
     def self_block(self, x, self_mask=None, kv=None, positions=None):
         """With `kv` (from `self_key_value` of the whole input) and `positions` [B, C], x holds
         only those positions: the block runs for them alone."""
-        attend = lambda h: self.self_attn(h, kv=kv, mask=self_mask, positions=positions)
+        return self.self_residual(x, lambda h: self.self_attn(h, kv=kv, mask=self_mask, positions=positions))
+
+    def self_residual(self, x, attend):
+        """The self-attention block around any `attend(normed x) -> [B, T, D]` (a cached step's)."""
         if self.norm_first:
             return x + self._scaled(self.layer_scale_1, attend(self.norm1(x)))
         return self.norm1(x + self._scaled(self.layer_scale_1, attend(x)))
