@@ -13,8 +13,9 @@ from typing import List
 
 
 def add_commands(sub) -> None:
-    g = sub.add_parser("generate", help="generate audio from text with a pretrained MAGNeT",
-                       description="Generate one file per prompt with a pretrained (or converted) MAGNeT model.")
+    g = sub.add_parser("generate", help="generate audio from text with a pretrained MAGNeT (or MusicGen)",
+                       description="Generate one file per prompt with a pretrained (or converted) MAGNeT model, "
+                                   "or a MusicGen checkpoint (sampled autoregressively).")
     g.add_argument("prompts", nargs="+", help="text descriptions, one clip each ('' for unconditional)")
     _model_args(g)
     g.add_argument("--duration", type=float, default=None, help="seconds (default: the model's segment length)")
@@ -29,6 +30,7 @@ def add_commands(sub) -> None:
     knobs.add_argument("--temperature", type=float)
     knobs.add_argument("--top-p", type=float)
     knobs.add_argument("--top-k", type=int)
+    knobs.add_argument("--cfg-coef", type=float, help="MusicGen's guidance coefficient (MAGNeT: --max/min-cfg-coef)")
     knobs.add_argument("--max-cfg-coef", type=float)
     knobs.add_argument("--min-cfg-coef", type=float)
     knobs.add_argument("--span-arrangement", choices=("nonoverlap", "stride1"))
@@ -61,17 +63,17 @@ def _model_args(p, with_model: bool = True) -> None:
 
 
 def _load(args):
-    from magnet_jax.pipeline import MAGNeT
+    from magnet_jax.pipeline import load_pretrained
 
-    return MAGNeT.from_pretrained(args.model, t5=args.t5, codec=args.codec, cache_dir=args.cache_dir,
-                                  local_files_only=args.offline, dtype=args.dtype,
-                                  generation_defaults=getattr(args, "generation_defaults", "checkpoint"))
+    return load_pretrained(args.model, t5=args.t5, codec=args.codec, cache_dir=args.cache_dir,
+                           local_files_only=args.offline, dtype=args.dtype,
+                           generation_defaults=getattr(args, "generation_defaults", "checkpoint"))
 
 
 def _overrides(args) -> dict:
     ov = dict(decoding_steps=args.decoding_steps, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
               max_cfg_coef=args.max_cfg_coef, min_cfg_coef=args.min_cfg_coef,
-              span_arrangement=args.span_arrangement, span_scoring=args.span_scoring)
+              span_arrangement=args.span_arrangement, span_scoring=args.span_scoring, cfg_coef=args.cfg_coef)
     if args.greedy:
         ov["use_sampling"] = False
     if args.no_anneal_temperature:
@@ -126,6 +128,11 @@ def run_generate(args, overrides: List[str]) -> int:
           f"{model.frame_rate:g} frames/s)")
     batch = args.batch_size or len(args.prompts)
     ov = _overrides(args)
+    foreign = sorted(set(ov) - model.decoding_keys)
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise ValueError(f"{flags}: not a decoding setting of {model.name} ({type(model).__name__}); it takes "
+                         f"{', '.join(sorted(model.decoding_keys))}")
     for start in range(0, len(args.prompts), batch):
         prompts = args.prompts[start:start + batch]
         bar = None if args.no_progress else tqdm(total=1, desc=f"prompts {start + 1}-{start + len(prompts)}",

@@ -52,8 +52,7 @@ class MAGNeT:
                  generation_defaults: str = "checkpoint"):
         """model: a `MagnetModel` (text projection + LM); t5: `T5Encoder`; tokenizer: `T5Tokenizer`;
         codec: `EncodecModel`. Prefer `MAGNeT.from_pretrained`."""
-        if config.lm.causal or config.lm.codebook_delays:
-            raise ValueError("this checkpoint is a causal (MusicGen) LM; MAGNeT pipelines need a MAGNeT LM")
+        self._check_lm(config)
         if codec.num_codebooks != config.lm.n_q or codec.cardinality != config.lm.card:
             raise ValueError(f"the codec gives {codec.num_codebooks} codebooks of {codec.cardinality} codes but the "
                              f"LM models {config.lm.n_q} of {config.lm.card}: they are not a pair")
@@ -64,7 +63,7 @@ class MAGNeT:
         self.config, self.name = config, name
         self.compute_dtype = jnp.dtype(model.lm.config.dtype)
         self.model, self.t5, self.tokenizer, self.codec = model, t5, tokenizer, codec
-        self.sampler = MagnetSampler(model.lm)
+        self.sampler = self._make_sampler(model.lm)
         proj_graph, proj_params = nnx.split(model.conditioner)
         t5_graph, t5_params = nnx.split(t5)
         self._text_params = (proj_params, t5_params)
@@ -75,6 +74,16 @@ class MAGNeT:
             return nnx.merge(proj_graph, proj)(hidden, mask)
 
         self._encode_text = jax.jit(encode_text)
+
+    @staticmethod
+    def _check_lm(config: Config) -> None:
+        if config.lm.causal or config.lm.codebook_delays:
+            raise ValueError("this checkpoint is a causal (MusicGen) LM: load it with "
+                             "magnet_jax.musicgen.MusicGen, or magnet_jax.pipeline.load_pretrained")
+
+    @staticmethod
+    def _make_sampler(lm):
+        return MagnetSampler(lm)
 
     # -- properties -------------------------------------------------------------------------
 
@@ -94,6 +103,11 @@ class MAGNeT:
     @property
     def generation_params(self) -> Dict:
         return dataclasses.asdict(self.config.decode)
+
+    @property
+    def decoding_keys(self) -> frozenset:
+        """The decoding settings `generate` accepts as keyword overrides."""
+        return frozenset(_DECODE_KEYS | set(_ALIASES))
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -202,3 +216,15 @@ class MAGNeT:
                                     progress=progress, **overrides)
         return self.decode_codes(codes)
 
+
+def load_pretrained(name_or_dir: str, **kwargs):
+    """A MAGNeT or, for a causal LM checkpoint (facebook/musicgen-*), a MusicGen pipeline."""
+    from magnet_jax.loading import load_pipeline_parts
+
+    defaults = kwargs.pop("generation_defaults", "checkpoint")
+    parts = load_pipeline_parts(name_or_dir, **kwargs)
+    if parts[0].lm.causal:
+        from magnet_jax.musicgen import MusicGen
+
+        return MusicGen(*parts[:5], name=parts[5])
+    return MAGNeT(*parts[:5], name=parts[5], generation_defaults=defaults)

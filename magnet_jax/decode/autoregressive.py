@@ -76,7 +76,8 @@ class ARSampler:
         if not c.causal or len(c.codebook_delays) != c.n_q:
             raise ValueError("autoregressive sampling needs a causal LM with one delay per codebook (a MusicGen "
                              f"checkpoint); this one has causal={c.causal}, codebook_delays={c.codebook_delays}")
-        self._generate_jit = jax.jit(self._generate, static_argnames=("settings", "length"))
+        self._generate_jit = jax.jit(self._generate, static_argnames=("settings", "length", "report"))
+        self._listener = None
 
     def _lm(self, params) -> MagnetLM:
         return nnx.merge(self.graphdef, jax.tree.map(lambda x: x, params))
@@ -131,7 +132,7 @@ class ARSampler:
     # -- the program -----------------------------------------------------------------------
 
     def _generate(self, params, condition, condition_mask, prompt, key, knobs: ARKnobs, *, settings: ARSettings,
-                  length: int):
+                  length: int, report: bool = False):
         lm = self._lm(params)
         c = lm.config
         delays = c.codebook_delays
@@ -160,17 +161,25 @@ class ARSampler:
                                       use_sampling=settings.use_sampling, top_k=settings.top_k, top_p=knobs.top_p)
             nxt = jax.lax.dynamic_index_in_dim(seq, i + 1, axis=2, keepdims=False)
             nxt = jnp.where(nxt == UNKNOWN, tokens, nxt)
+            if report:  # progress from inside the program (its operand orders it after the step)
+                jax.debug.callback(self._report, i + 1, steps - 1, nxt[0, 0])
             return jax.lax.dynamic_update_index_in_dim(seq, nxt, i + 1, axis=2), caches
 
         seq, _ = jax.lax.fori_loop(0, steps - 1, step, (seq, caches))
         return from_pattern(seq, delays, length)
 
+    def _report(self, done, total, _):
+        if self._listener is not None:
+            self._listener(int(done), int(total))
+
     # -- driver ----------------------------------------------------------------------------
 
     def generate(self, condition, condition_mask, key, settings: Optional[ARSettings] = None,
-                 knobs: Optional[ARKnobs] = None, *, length: int, prompt: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+                 knobs: Optional[ARKnobs] = None, *, length: int, prompt: Optional[jnp.ndarray] = None,
+                 progress=None) -> jnp.ndarray:
         """codes int32 [B, K, length]. condition: the projected text condition [B, S, dim] with its
-        mask [B, S]; prompt: codes [B, K, P] kept as they are (continuation)."""
+        mask [B, S]; prompt: codes [B, K, P] kept as they are (continuation). progress(done, total)
+        is called after every sequence step, from inside the compiled program."""
         settings = ARSettings() if settings is None else settings
         knobs = ARKnobs.create() if knobs is None else knobs
         c = self.config
@@ -184,8 +193,16 @@ class ARSampler:
                 raise ValueError(f"prompt must be codes [B={condition.shape[0]}, K={c.n_q}, P], got {prompt.shape}")
             if prompt.shape[-1] >= length:
                 raise ValueError(f"the prompt ({prompt.shape[-1]} frames) must be shorter than length={length}")
-        return self._generate_jit(self.params, condition, condition_mask, prompt, key, knobs, settings=settings,
-                                  length=length)
+        self._listener = progress
+        try:
+            codes = self._generate_jit(self.params, condition, condition_mask, prompt, key, knobs, settings=settings,
+                                       length=length, report=progress is not None)
+            if progress is not None:
+                codes = jax.block_until_ready(codes)  # every callback has run before the listener goes
+                jax.effects_barrier()
+        finally:
+            self._listener = None
+        return codes
 
     def lower(self, condition, condition_mask, key, settings=None, knobs=None, *, length, prompt=None):
         """The jitted program lowered for these shapes (compile it to time compilation)."""
