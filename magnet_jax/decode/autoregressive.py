@@ -212,7 +212,6 @@ class ARSampler:
                                         key, knobs, settings=settings, length=length)
 
 
-
 @struct.dataclass
 class _Prepared:
     """What every step reads, laid out once per generation outside the step loop: each layer's
