@@ -16,7 +16,6 @@ the median of the per-repetition ratios (this VM's speed drifts over minutes).
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import statistics
 import sys
@@ -50,30 +49,20 @@ def _log(msg: str) -> None:
 def build(shape: str, folder: Path):
     """(audiocraft LMModel, our model, condition, condition mask, conditioning attributes)."""
     import jax.numpy as jnp
-    import torch
-    from omegaconf import OmegaConf
 
     sys.path.insert(0, REPO)
     from magnet_jax.convert.audiocraft_checkpoint import load_audiocraft_lm
     from magnet_jax.convert.t5 import load_t5_encoder
     from magnet_jax.text.tokenizer import T5Tokenizer
     from tests.reference import audiocraft_lm as harness
-    from tests.reference.audiocraft_pipeline import local_t5
+    from tests.reference.audiocraft_pipeline import make_musicgen_lm
     from tests.reference.xp_cfg import magnet_xp_cfg
     from tests.t5_fixtures import make_t5
 
     make_t5(folder / "t5-base", d_model=768, num_layers=1, num_heads=2, d_kv=8, d_ff=32)
     text = magnet_xp_cfg(lm_model="transformer_lm", causal=True, card=2048, segment_duration=10.0, **SHAPES[shape])
+    ref = make_musicgen_lm(folder, seed=0, scale=0.02, xp_text=text)
     ac = harness.load_audiocraft()
-    builders = importlib.import_module("audiocraft.models.builders")
-    cfg = OmegaConf.create(text)
-    cfg.device, cfg.dtype = "cpu", "float32"
-    with local_t5(folder / "t5-base"):
-        ref = builders.get_lm_model(cfg)
-    harness.randomize_(ref, torch, seed=0, scale=0.02)
-    ref.eval()
-    torch.save({"best_state": ref.state_dict(), "xp.cfg": text, "version": "1.3.0", "exported": True},
-               folder / "state_dict.bin")
     _, model = load_audiocraft_lm(folder)
     _, t5 = load_t5_encoder(folder / "t5-base")
     ids, mask = T5Tokenizer(folder / "t5-base")([TEXT])

@@ -26,8 +26,10 @@ _ALIASES = {"temp": "temperature"}
 
 
 class MusicGen(MAGNeT):
-    def __init__(self, config: Config, model, t5, tokenizer, codec, *, name: str = "musicgen"):
-        super().__init__(config, model, t5, tokenizer, codec, name=name)
+    def __init__(self, config: Config, model, t5, tokenizer, codec, *, name: str = "musicgen",
+                 generation_defaults: str = "checkpoint"):
+        """As `MAGNeT`'s; prefer `MusicGen.from_pretrained` or `magnet_jax.pipeline.load_pretrained`."""
+        super().__init__(config, model, t5, tokenizer, codec, name=name, generation_defaults=generation_defaults)
 
     @staticmethod
     def _check_lm(config: Config) -> None:
@@ -73,5 +75,3 @@ class MusicGen(MAGNeT):
                                       progress=progress)
         return np.asarray(jax.device_get(codes))
 
-
-__all__ = ["MusicGen", "DEFAULTS"]

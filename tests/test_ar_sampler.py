@@ -20,11 +20,10 @@ from magnet_jax.text.tokenizer import T5Tokenizer
 
 from tests.reference import audiocraft_lm as harness
 from tests.reference import require
-from tests.reference.audiocraft_pipeline import CARD, local_t5, xp_yaml
+from tests.reference.audiocraft_pipeline import CARD, make_musicgen_lm
 from tests.t5_fixtures import make_t5
 
 torch = require("torch")
-omegaconf = require("omegaconf")
 
 TEXTS = ["heavy metal with distorted guitars", "rain"]
 LENGTH = 24
@@ -35,17 +34,7 @@ def musicgen(tmp_path_factory):
     """(audiocraft LMModel, our model, condition, condition mask) on one random checkpoint."""
     tmp = tmp_path_factory.mktemp("musicgen")
     make_t5(tmp / "t5-base", d_model=768, num_layers=1, num_heads=2, d_kv=8, d_ff=32)
-    text = xp_yaml(lm_model="transformer_lm", causal=True, bias=True, layer_scale=0.1)
-    harness.load_audiocraft()  # its import stand-ins first
-    builders = importlib.import_module("audiocraft.models.builders")
-    cfg = omegaconf.OmegaConf.create(text)
-    cfg.device, cfg.dtype = "cpu", "float32"
-    with local_t5(tmp / "t5-base"):
-        ref = builders.get_lm_model(cfg)
-        harness.randomize_(ref, torch, seed=2)
-        ref.eval()
-        torch.save({"best_state": ref.state_dict(), "xp.cfg": text, "version": "1.3.0", "exported": True},
-                   tmp / "state_dict.bin")
+    ref = make_musicgen_lm(tmp, seed=2)
     _, model = load_audiocraft_lm(tmp)
     _, t5 = load_t5_encoder(tmp / "t5-base")
     ids, mask = T5Tokenizer(tmp / "t5-base")(TEXTS)

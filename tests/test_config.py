@@ -44,7 +44,7 @@ def test_named_config_values():
     tiny = load_config(str(CONFIG_DIR / "tiny.py"))
     assert (tiny.lm.n_q, tiny.lm.card, tiny.lm.dim, tiny.data.num_frames) == (4, 64, 32, 30)
     quick = load_config(str(CONFIG_DIR / "quickstart.py"))
-    assert quick.data.num_frames == 100 and quick.train.num_steps == 1200
+    assert quick.data.num_frames == 100 and quick.train.num_steps == 1000 and quick.train.smoke_test
     small = load_config(str(CONFIG_DIR / "magnet_small_10s.py"))
     assert (small.lm.num_layers, small.lm.dim, small.lm.num_heads) == (24, 1024, 16)
     assert small.optim.optimizer == "dadam" and small.optim.lr == 1.0 and small.optim.warmup_steps == 4000

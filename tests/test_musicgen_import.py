@@ -4,7 +4,6 @@ The reference is audiocraft's `LMModel`, built by its own builder from a MusicGe
 its T5 conditioner on a tiny local T5; we compare `LMModel.forward` on a delayed code sequence
 (built by audiocraft's own delay pattern) with our causal LM on the same sequence.
 """
-import importlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +15,7 @@ from magnet_jax.text.tokenizer import T5Tokenizer
 
 from tests.reference import audiocraft_lm as harness
 from tests.reference import require
-from tests.reference.audiocraft_pipeline import CARD, local_t5, xp_yaml
+from tests.reference.audiocraft_pipeline import CARD, make_musicgen_lm
 from tests.t5_fixtures import make_t5
 
 torch = require("torch")
@@ -27,17 +26,8 @@ TEXTS = ["heavy metal with distorted guitars", "rain", None]
 
 def test_musicgen_logits_match_audiocraft(tmp_path):
     make_t5(tmp_path / "t5-base", d_model=768, num_layers=1, num_heads=2, d_kv=8, d_ff=32)
-    text = xp_yaml(lm_model="transformer_lm", causal=True, bias=True, layer_scale=0.1)
+    ref = make_musicgen_lm(tmp_path, seed=1)
     ac = harness.load_audiocraft()
-    builders = importlib.import_module("audiocraft.models.builders")
-    cfg = omegaconf.OmegaConf.create(text)
-    cfg.device, cfg.dtype = "cpu", "float32"
-    with local_t5(tmp_path / "t5-base"):
-        ref = builders.get_lm_model(cfg)
-    harness.randomize_(ref, torch, seed=1)
-    ref.eval()
-    torch.save({"best_state": ref.state_dict(), "xp.cfg": text, "version": "1.3.0", "exported": True},
-               tmp_path / "state_dict.bin")
 
     config, model = load_audiocraft_lm(tmp_path)
     assert config.lm.causal and config.lm.codebook_delays == (0, 1, 2, 3)

@@ -1,21 +1,19 @@
 """A MusicGen checkpoint folder (official layout) generates through the real loading path: the
 pipeline and `magnet-jax generate` pick the autoregressive sampler, and greedy codes equal
 audiocraft's `LMModel.generate` on the folder's LM."""
-import importlib
-
 import numpy as np
 import pytest
 
+from magnet_jax.musicgen import MusicGen
 from magnet_jax.pipeline import MAGNeT, load_pretrained
 
 from tests.encodec_fixtures import make_encodec
 from tests.reference import audiocraft_lm as harness
 from tests.reference import require
-from tests.reference.audiocraft_pipeline import CARD, local_t5, xp_yaml
+from tests.reference.audiocraft_pipeline import CARD, make_musicgen_lm, xp_yaml
 from tests.t5_fixtures import make_t5
 
 torch = require("torch")
-omegaconf = require("omegaconf")
 TEXTS = ["80s disco with a funky bass", "rain"]
 
 
@@ -27,17 +25,7 @@ def musicgen_folder(tmp_path_factory):
     make_encodec(root / "encodec_32khz", codebook_size=CARD)
     torch.save({"pretrained": "facebook/encodec_32khz", "exported": True, "version": "1.3.0"},
                root / "compression_state_dict.bin")
-    text = xp_yaml(lm_model="transformer_lm", causal=True)
-    harness.load_audiocraft()
-    builders = importlib.import_module("audiocraft.models.builders")
-    cfg = omegaconf.OmegaConf.create(text)
-    cfg.device, cfg.dtype = "cpu", "float32"
-    with local_t5(root / "t5-base"):
-        ref = builders.get_lm_model(cfg)
-        harness.randomize_(ref, torch, seed=3)
-        ref.eval()
-        torch.save({"best_state": ref.state_dict(), "xp.cfg": text, "version": "1.3.0", "exported": True},
-                   root / "state_dict.bin")
+    ref = make_musicgen_lm(root, seed=3, xp_text=xp_yaml(lm_model="transformer_lm", causal=True))
     return root, ref
 
 
@@ -57,6 +45,8 @@ def test_pipeline_greedy_codes_equal_audiocraft(musicgen_folder, tmp_path):
         model.generate_codes(["rain"], duration=0.2, decoding_steps=(2, 1, 1, 1))
     with pytest.raises(ValueError, match="causal .*MusicGen"):
         MAGNeT.from_pretrained(str(folder), cache_dir=str(tmp_path), local_files_only=True)
+    again = MusicGen.from_pretrained(str(folder), cache_dir=str(tmp_path), local_files_only=True)  # the cache
+    np.testing.assert_array_equal(again.generate_codes(TEXTS, duration=0.4, use_sampling=False, cfg_coef=3.0), got)
 
 
 def test_cli_generates_with_a_musicgen_folder(musicgen_folder, tmp_path, capsys):

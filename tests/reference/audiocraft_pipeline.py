@@ -77,6 +77,29 @@ def make_magnet_folder(root: Path, *, seed: int = 0, **xp_kw) -> Path:
     return root
 
 
+def make_musicgen_lm(root: Path, *, seed: int = 0, scale: float = 0.2, xp_text: str = ""):
+    """audiocraft's MusicGen `LMModel` (causal, delay pattern, T5 conditioner on the tiny T5 in
+    root/t5-base), built by its own builder from a MusicGen `xp.cfg` (`xp_text`, default: this
+    module's tiny sizes) with random weights, exported to root/state_dict.bin; returned in eval mode."""
+    import importlib
+
+    import torch
+    from omegaconf import OmegaConf
+
+    text = xp_text or xp_yaml(lm_model="transformer_lm", causal=True, bias=True, layer_scale=0.1)
+    harness.load_audiocraft()  # its import stand-ins first
+    builders = importlib.import_module("audiocraft.models.builders")
+    cfg = OmegaConf.create(text)
+    cfg.device, cfg.dtype = "cpu", "float32"
+    with local_t5(root / "t5-base"):
+        lm = builders.get_lm_model(cfg)
+    harness.randomize_(lm, torch, seed=seed, scale=scale)
+    lm.eval()
+    torch.save({"best_state": lm.state_dict(), "xp.cfg": text, "version": "1.3.0", "exported": True},
+               root / "state_dict.bin")
+    return lm
+
+
 class ReferencePipeline:
     """audiocraft's LM loaded from the folder by its own loader, plus transformers' EnCodec."""
 
