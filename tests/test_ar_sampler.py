@@ -102,3 +102,24 @@ def test_a_bidirectional_lm_is_refused():
     lm = MagnetLM(LMConfig(n_q=4, card=16, dim=16, num_heads=2, num_layers=1), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="needs a causal LM with one delay per codebook"):
         ARSampler(lm)
+
+
+def test_rescorer_frame_logits_equal_audiocraft_compute_predictions(musicgen):
+    from magnet_jax.decode.rescoring import frame_logits, token_probabilities
+
+    ref, model, cond, cond_mask = musicgen
+    codes = np.random.default_rng(4).integers(0, CARD, (2, 4, 16))
+    ac = harness.load_audiocraft()
+    attrs = [ac.conditioners.ConditioningAttributes(text={"description": t}) for t in TEXTS]
+    with torch.no_grad():
+        out = ref.compute_predictions(torch.from_numpy(codes), attrs)
+    want, valid = out.logits.numpy(), out.mask.numpy().astype(bool)
+    got = np.asarray(nnx.jit(lambda m, x: frame_logits(m, x, cond, cond_mask))(model.lm, jnp.asarray(codes)))
+    # audiocraft keeps only the steps where every codebook is inside the clip (the last frames of
+    # delayed codebooks are NaN there); ours predicts those too, from the same causal context.
+    assert got.shape == want.shape and valid[:, 0].all() and valid.mean() > 0.8
+    np.testing.assert_allclose(got[valid], want[valid], atol=1e-4, rtol=1e-4)
+    p = np.asarray(token_probabilities(model.lm, jnp.asarray(codes), cond, cond_mask, stage=0))
+    soft = np.exp(want[:, 0] - want[:, 0].max(-1, keepdims=True))
+    soft /= soft.sum(-1, keepdims=True)
+    np.testing.assert_allclose(p, np.take_along_axis(soft, codes[:, 0, :, None], -1)[..., 0], rtol=1e-4, atol=1e-6)
