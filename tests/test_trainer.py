@@ -97,3 +97,33 @@ def test_the_last_checkpoint_is_finished_even_when_closing_the_reader_fails(tmp_
     ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"))
     assert ckpt.latest_step() == 8
     ckpt.close()
+
+
+def test_cli_skips_the_tpu_probe_where_libtpu_is_installed_without_chips(monkeypatch):
+    """The `tpu` extra (libtpu) on a machine with no TPU chip: the CLI stays on the CPU backend
+    (JAX's TPU probe would print a screen of warnings); JAX_PLATFORMS, when set, wins."""
+    import importlib.util
+
+    import jax
+
+    from magnet_jax import cli
+    from jax._src import hardware_utils
+
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("needs libtpu (the README's test command installs the tpu extra)")
+    monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id", lambda: (0, None))
+    saved = jax.config.jax_platforms
+    try:
+        monkeypatch.setenv("JAX_PLATFORMS", "cpu,tpu")
+        jax.config.update("jax_platforms", None)
+        cli._skip_tpu_probe_without_chips()
+        assert jax.config.jax_platforms is None  # the user's choice stands
+        monkeypatch.delenv("JAX_PLATFORMS")
+        cli._skip_tpu_probe_without_chips()
+        assert jax.config.jax_platforms == "cpu"
+        monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id", lambda: (4, None))
+        jax.config.update("jax_platforms", None)
+        cli._skip_tpu_probe_without_chips()
+        assert jax.config.jax_platforms is None  # a TPU VM keeps JAX's own probe
+    finally:
+        jax.config.update("jax_platforms", saved)

@@ -54,3 +54,4 @@ def test_smoke_test_exits_nonzero_when_the_run_did_not_learn(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 1, out
     assert "verdict: NOT learned" in out and "[FAIL] stages 1-3" in out
+
