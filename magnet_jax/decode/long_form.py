@@ -19,13 +19,14 @@ def generate_long(sampler: MagnetSampler, condition, condition_mask, key, settin
                   knobs: Optional[DecodeKnobs] = None, *, total_length: int, window: int, overlap: int,
                   prompt: Optional[jnp.ndarray] = None,
                   on_window: Optional[Callable[[int, jnp.ndarray], None]] = None,
-                  progress: Optional[Callable[[int, int], None]] = None) -> jnp.ndarray:
+                  progress: Optional[Callable[[int, int], None]] = None, rescore_condition=None) -> jnp.ndarray:
     """codes [B, K, total_length].
 
     window: frames per generation (at most what the model was trained on); overlap: frames
     of context carried into the next window (0 < overlap < window). `prompt` optionally
     continues given audio codes. `on_window(i, codes_so_far)` is called after each window,
-    `progress(done, total)` after every decoding step of every window.
+    `progress(done, total)` after every decoding step of every window. `rescore_condition`: the
+    rescorer's text condition, for a sampler with a rescorer.
     """
     step = output_length(settings, window)
     if step != window:
@@ -43,7 +44,7 @@ def generate_long(sampler: MagnetSampler, condition, condition_mask, key, settin
         return lambda done, total: progress(index * total + done, windows * total)
 
     codes = sampler.generate(condition, condition_mask, jax.random.fold_in(key, 0), settings, knobs,
-                             length=window, prompt=prompt, progress=window_progress(0))
+                             length=window, prompt=prompt, progress=window_progress(0), rescore_condition=rescore_condition)
     index = 0
     if on_window is not None:
         on_window(index, codes)
@@ -51,7 +52,8 @@ def generate_long(sampler: MagnetSampler, condition, condition_mask, key, settin
         index += 1
         tail = codes[..., -overlap:]
         new = sampler.generate(condition, condition_mask, jax.random.fold_in(key, index), settings, knobs,
-                               length=window, prompt=tail, progress=window_progress(index))
+                               length=window, prompt=tail, progress=window_progress(index),
+                               rescore_condition=rescore_condition)
         codes = jnp.concatenate([codes, new[..., overlap:]], axis=-1)
         if on_window is not None:
             on_window(index, codes)

@@ -12,6 +12,10 @@ null text's cross-attention output is a constant: zero without attention biases)
 `generate_stepwise` runs the very same step function from Python, one dispatch per step,
 for streaming intermediate codes; progress callbacks come from inside the one program
 (`generate(..., progress=fn)`).
+
+With a rescorer (`MagnetSampler(lm, rescorer=musicgen_lm)`, decode/rescoring.py), every
+step but a stage's last also runs the rescorer once over the candidate, inside the same
+program; its weights and its own text condition are arguments of that program.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from magnet_jax.decode.rescoring import check_rescorer, token_probabilities
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 from magnet_jax.decode.stage import StageTables, StepModel, decode_step, initial_stage_state, step_key
 from magnet_jax.models.magnet_lm import MagnetLM
@@ -37,8 +42,10 @@ def output_length(settings: SamplerSettings, length: int) -> int:
 
 
 class MagnetSampler:
-    def __init__(self, lm, params=None, *, mesh=None, rules=None):
-        """lm: a MagnetLM module, or its graphdef with `params` (an nnx.State of Params)."""
+    def __init__(self, lm, params=None, *, mesh=None, rules=None, rescorer: Optional[MagnetLM] = None):
+        """lm: a MagnetLM module, or its graphdef with `params` (an nnx.State of Params).
+        rescorer: a causal LM with a delay pattern (a MusicGen LM) over the same codec, for
+        rescoring (Eq. 5); `generate` then needs its text condition too."""
         if isinstance(lm, MagnetLM):
             self.graphdef, self.params = nnx.split(lm, nnx.Param)
             self.config = lm.config
@@ -48,12 +55,21 @@ class MagnetSampler:
             self.graphdef, self.params = lm, params
             self.config = nnx.merge(lm, params).config
         self.mesh, self.rules = mesh, tuple(rules or ())
+        self.rescorer_graphdef = self.rescorer_params = self.rescorer_config = None
+        if rescorer is not None:
+            check_rescorer(self.config, rescorer.config)
+            self.rescorer_config = rescorer.config
+            self.rescorer_graphdef, self.rescorer_params = nnx.split(rescorer, nnx.Param)
         if mesh is not None:
             self.params = jax.device_put(self.params, tree_shardings(self.params, mesh, self.rules))
+            if rescorer is not None:
+                self.rescorer_params = jax.device_put(
+                    self.rescorer_params, tree_shardings(self.rescorer_params, mesh, self.rules))
         self._generate_jit = jax.jit(self._generate, static_argnames=("settings", "length", "report"))
         self._listener: Optional[ProgressFn] = None
         self._prepare_jit = jax.jit(self._prepare)
         self._step_jit = jax.jit(self._step, static_argnames=("stage", "settings", "length", "prompt_len"))
+        self._prepare_rescorer_jit = jax.jit(self._prepare_rescorer)
 
     # -- pure pieces ---------------------------------------------------------------------
 
@@ -64,6 +80,26 @@ class MagnetSampler:
     def _prepare(self, params, condition, condition_mask):
         """The text condition's cross-attention context (computed once per generation)."""
         return self._lm(params).cross_context(condition, condition_mask)
+
+    def _prepare_rescorer(self, rescore):
+        """(rescorer params, its condition, its mask) -> the same with the condition's
+        cross-attention keys/values in place of the condition (computed once per generation)."""
+        if rescore is None:
+            return None
+        r_params, condition, mask = rescore
+        r_lm = nnx.merge(self.rescorer_graphdef, jax.tree.map(lambda x: x, r_params))
+        return r_params, r_lm.cross_key_values(condition), mask
+
+    def _rescore_fn(self, context, stage):
+        if context is None:
+            return None
+        r_params, kv, mask = context
+
+        def rescore(codes):
+            r_lm = nnx.merge(self.rescorer_graphdef, jax.tree.map(lambda x: x, r_params))
+            return token_probabilities(r_lm, codes, None, mask, stage, cross_kv=kv)
+
+        return rescore
 
     def _logits_fn(self, params, cross, stage, guided):
         def logits(codes):
@@ -88,8 +124,10 @@ class MagnetSampler:
             codes = codes.at[:, :, :prompt.shape[-1]].set(prompt.astype(jnp.int32))
         return codes
 
-    def _generate(self, params, condition, condition_mask, prompt, key, knobs, *, settings, length, report=False):
+    def _generate(self, params, condition, condition_mask, prompt, key, knobs, rescore=None, *, settings, length,
+                  report=False):
         cross = self._prepare(params, condition, condition_mask)
+        rescore = self._prepare_rescorer(rescore)
         length = output_length(settings, length)
         prompt_len = 0 if prompt is None else prompt.shape[-1]
         codes = self._initial_codes(prompt, condition.shape[0], length)
@@ -100,7 +138,8 @@ class MagnetSampler:
 
             def body(i, state, stage=stage, tables=tables, model=model, done=done):
                 state = decode_step(model, state, i, step_key(key, stage, i), knobs, stage=stage, tables=tables,
-                                    settings=settings, mask_id=self.config.mask_id, prompt=prompt)
+                                    settings=settings, mask_id=self.config.mask_id, prompt=prompt,
+                                    rescore=self._rescore_fn(rescore, stage))
                 if report:  # from inside the program: no per-step dispatch
                     jax.debug.callback(self._report, done + i + 1, settings.total_steps, state.codes[0, 0, 0])
                 return state
@@ -115,12 +154,12 @@ class MagnetSampler:
         if self._listener is not None:
             self._listener(int(done), int(total))
 
-    def _step(self, params, cross, state, i, key, knobs, prompt, *, stage, settings, length,
+    def _step(self, params, cross, state, i, key, knobs, prompt, rescore, *, stage, settings, length,
               prompt_len):
         tables = StageTables.build(settings, settings.decoding_steps[stage], length, prompt_len)
         return decode_step(self._step_model(params, cross, stage, settings.cfg), state, i, step_key(key, stage, i),
                            knobs, stage=stage, tables=tables, settings=settings, mask_id=self.config.mask_id,
-                           prompt=prompt)
+                           prompt=prompt, rescore=self._rescore_fn(rescore, stage))
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -171,32 +210,63 @@ class MagnetSampler:
 
     # -- drivers -------------------------------------------------------------------------
 
+    def _rescore_inputs(self, rescore_condition, batch: int):
+        """(rescorer condition [B, S', dim'], its mask [B, S']) -> checked arrays, or None."""
+        if self.rescorer_graphdef is None:
+            if rescore_condition is not None:
+                raise ValueError("rescore_condition was given but this sampler has no rescorer: build it with "
+                                 "MagnetSampler(lm, rescorer=musicgen_lm)")
+            return None
+        if rescore_condition is None:
+            raise ValueError("this sampler rescores with a MusicGen LM: pass rescore_condition=(its projected text "
+                             "condition [B, S, dim], its mask [B, S]), e.g. from MusicGen.encode_text")
+        condition, mask = rescore_condition
+        dim = self.rescorer_config.dim
+        if getattr(condition, "ndim", 0) != 3 or condition.shape[0] != batch or condition.shape[-1] != dim:
+            raise ValueError(f"the rescorer's condition must be [B={batch}, S, {dim}] (projected by the rescorer's "
+                             f"own conditioner), got {getattr(condition, 'shape', None)}")
+        if isinstance(mask, jax.ShapeDtypeStruct):
+            return condition, mask
+        mask = jnp.asarray(mask).astype(bool)
+        if mask.shape != condition.shape[:2]:
+            raise ValueError(f"the rescorer's condition mask must be [B, S] = {condition.shape[:2]}, got {mask.shape}")
+        return condition, mask
+
+    def _inputs(self, condition, condition_mask, prompt, settings, length, rescore_condition):
+        """Checked and placed inputs: (B, (condition, mask, prompt), rescore) with rescore the
+        program's (rescorer params, its condition, its mask) or None."""
+        condition_mask = jnp.asarray(condition_mask).astype(bool)
+        self._check_inputs(condition, condition_mask, prompt, settings, length)
+        rescore = self._rescore_inputs(rescore_condition, condition.shape[0])
+        b, placed = self._place(condition, condition_mask, prompt, *(rescore or ()))
+        rescore = None if rescore is None else (self.rescorer_params, *placed[3:])
+        return b, placed[:3], rescore
+
     def generate(self, condition, condition_mask, key, settings: SamplerSettings, knobs: Optional[DecodeKnobs] = None,
-                 *, length: int, prompt: Optional[jnp.ndarray] = None,
-                 progress: Optional[ProgressFn] = None) -> jnp.ndarray:
+                 *, length: int, prompt: Optional[jnp.ndarray] = None, progress: Optional[ProgressFn] = None,
+                 rescore_condition=None) -> jnp.ndarray:
         """codes int32 [B, K, T'] (T' = length, trimmed to a multiple of span_len when chunked).
 
         condition: projected text condition [B, S, dim] with its mask [B, S]; prompt: codes
         [B, K, P] kept fixed (continuation). progress(done, total) is called after every step,
         from inside the one compiled program (a host callback; same codes as without it).
+        rescore_condition: with a rescorer, (its projected text condition, its mask).
         """
         knobs = DecodeKnobs.create() if knobs is None else knobs
-        condition_mask = jnp.asarray(condition_mask).astype(bool)
-        self._check_inputs(condition, condition_mask, prompt, settings, length)
-        b, (condition, condition_mask, prompt) = self._place(condition, condition_mask, prompt)
+        b, (condition, condition_mask, prompt), rescore = self._inputs(condition, condition_mask, prompt, settings,
+                                                                       length, rescore_condition)
+        args = (self.params, condition, condition_mask, prompt, key, knobs, rescore)
         if jax.process_count() > 1:
             # Compiled first, then every process starts together (see `barrier`).
             from magnet_jax.parallel.distributed import barrier
 
             with self._context():
-                self._generate_jit.lower(self.params, condition, condition_mask, prompt, key, knobs, settings=settings,
-                                         length=length, report=progress is not None).compile()
+                self._generate_jit.lower(*args, settings=settings, length=length, report=progress is not None).compile()
             barrier("magnet_jax sampler")
         self._listener = progress
         try:
             with self._context():
-                codes = self._generate_jit(self.params, condition, condition_mask, prompt, key, knobs,
-                                           settings=settings, length=length, report=progress is not None)
+                codes = self._generate_jit(*args, settings=settings, length=length, report=progress is not None)
                 if progress is not None:
                     codes = jax.block_until_ready(codes)  # every callback has run before the listener goes
                     jax.effects_barrier()
@@ -204,38 +274,42 @@ class MagnetSampler:
             self._listener = None
         return codes[:b]
 
-    def lower(self, condition, condition_mask, key, settings, knobs=None, *, length, prompt=None):
+    def lower(self, condition, condition_mask, key, settings, knobs=None, *, length, prompt=None,
+              rescore_condition=None):
         """The jitted program lowered for these shapes (compile it to time compilation). Any input
         may be a jax.ShapeDtypeStruct (ahead-of-time compilation for other devices)."""
         knobs = DecodeKnobs.create() if knobs is None else knobs
         if not isinstance(condition_mask, jax.ShapeDtypeStruct):
             condition_mask = jnp.asarray(condition_mask).astype(bool)
+        rescore = self._rescore_inputs(rescore_condition, condition.shape[0])
+        rescore = None if rescore is None else (self.rescorer_params, *rescore)
         with self._context():
-            return self._generate_jit.lower(self.params, condition, condition_mask, prompt, key, knobs,
+            return self._generate_jit.lower(self.params, condition, condition_mask, prompt, key, knobs, rescore,
                                             settings=settings, length=length)
 
     def generate_stepwise(self, condition, condition_mask, key, settings: SamplerSettings,
                           knobs: Optional[DecodeKnobs] = None, *, length: int, prompt=None,
-                          progress: Optional[ProgressFn] = None) -> Iterator[Tuple[int, int, jnp.ndarray]]:
+                          progress: Optional[ProgressFn] = None,
+                          rescore_condition=None) -> Iterator[Tuple[int, int, jnp.ndarray]]:
         """Yields (stage, step, codes) after every step; the last codes equal `generate`'s.
 
         Same step function and keys as `generate`, dispatched one step at a time: for
         progress bars and streaming intermediate results.
         """
         knobs = DecodeKnobs.create() if knobs is None else knobs
-        condition_mask = jnp.asarray(condition_mask).astype(bool)
-        self._check_inputs(condition, condition_mask, prompt, settings, length)
-        b, (condition, condition_mask, prompt) = self._place(condition, condition_mask, prompt)
+        b, (condition, condition_mask, prompt), rescore = self._inputs(condition, condition_mask, prompt, settings,
+                                                                       length, rescore_condition)
         total, done = settings.total_steps, 0
         with self._context():
             cross = self._prepare_jit(self.params, condition, condition_mask)
+            rescore = self._prepare_rescorer_jit(rescore)
             length = output_length(settings, length)
             prompt_len = 0 if prompt is None else prompt.shape[-1]
             codes = self._initial_codes(prompt, condition.shape[0], length)
             for stage, steps in enumerate(settings.decoding_steps):
                 state = initial_stage_state(codes, StageTables.build(settings, steps, length, prompt_len))
                 for i in range(steps):
-                    state = self._step_jit(self.params, cross, state, jnp.int32(i), key, knobs, prompt,
+                    state = self._step_jit(self.params, cross, state, jnp.int32(i), key, knobs, prompt, rescore,
                                            stage=stage, settings=settings, length=length, prompt_len=prompt_len)
                     done += 1
                     if progress is not None:

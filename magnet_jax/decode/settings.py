@@ -86,22 +86,28 @@ class DecodeKnobs:
     max_cfg_coef: jnp.ndarray
     min_cfg_coef: jnp.ndarray
     top_p: jnp.ndarray
+    # Eq. 5's w: MAGNeT's share of the mixed confidence when the sampler has a rescorer.
+    rescore_weight: jnp.ndarray
 
     @classmethod
-    def create(cls, temperature=3.0, max_cfg_coef=10.0, min_cfg_coef=1.0, top_p=0.9) -> "DecodeKnobs":
+    def create(cls, temperature=3.0, max_cfg_coef=10.0, min_cfg_coef=1.0, top_p=0.9,
+               rescore_weight=1.0) -> "DecodeKnobs":
         """Concrete values are checked here (traced ones cannot be)."""
-        values = dict(temperature=temperature, max_cfg_coef=max_cfg_coef, min_cfg_coef=min_cfg_coef, top_p=top_p)
+        values = dict(temperature=temperature, max_cfg_coef=max_cfg_coef, min_cfg_coef=min_cfg_coef, top_p=top_p,
+                      rescore_weight=rescore_weight)
         for name, value in values.items():
             _check(value, np.isfinite, f"{name} must be a finite number")
         _check(temperature, lambda v: v >= 0, "temperature must be >= 0 (0 is floored to 0.01, nearly greedy)")
         _check(top_p, lambda v: (v >= 0) & (v <= 1), "top_p must be in [0, 1] (0 turns top-p filtering off)")
+        _check(rescore_weight, lambda v: (v >= 0) & (v <= 1),
+               "rescore_weight must be in [0, 1] (MAGNeT's share; 1 ignores the rescorer)")
         f = lambda x: jnp.asarray(x, jnp.float32)
-        return cls(f(temperature), f(max_cfg_coef), f(min_cfg_coef), f(top_p))
+        return cls(f(temperature), f(max_cfg_coef), f(min_cfg_coef), f(top_p), f(rescore_weight))
 
     @classmethod
     def from_config(cls, cfg: DecodeConfig, **overrides) -> "DecodeKnobs":
         vals = dict(temperature=cfg.temperature, max_cfg_coef=cfg.max_cfg_coef, min_cfg_coef=cfg.min_cfg_coef,
-                    top_p=cfg.top_p)
+                    top_p=cfg.top_p, rescore_weight=1.0)
         vals.update({k: v for k, v in overrides.items() if k in vals})
         return cls.create(**vals)
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from magnet_jax.decode.rescoring import mix
 from magnet_jax.decode.sampling import sample_tokens
 from magnet_jax.decode.selection import least_probable_spans_mask, top_k_mask
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
@@ -78,8 +79,13 @@ def query_sizes(length: int, buckets: int) -> list:
 
 
 def decode_step(model: StepModel, state: StageState, i, key, knobs: DecodeKnobs, *, stage: int, tables: StageTables,
-                settings: SamplerSettings, mask_id: int, prompt: Optional[jnp.ndarray]) -> StageState:
-    """One step. `model` runs the LM for `stage` (see StepModel). `i` may be traced."""
+                settings: SamplerSettings, mask_id: int, prompt: Optional[jnp.ndarray],
+                rescore: Optional[Callable] = None) -> StageState:
+    """One step. `model` runs the LM for `stage` (see StepModel). `i` may be traced.
+
+    rescore(codes [B, K, T]) -> [B, T]: a rescorer's probability of codebook `stage`'s tokens
+    in the candidate (decode/rescoring.py); mixed into the confidence by Eq. 5 with weight
+    `knobs.rescore_weight` before the spans are scored."""
     codes = state.codes
     b, _, t = codes.shape
     num = jnp.asarray(tables.num_masked)[i]
@@ -125,6 +131,11 @@ def decode_step(model: StepModel, state: StageState, i, key, knobs: DecodeKnobs,
     tokens, conf = jax.lax.switch(branch, [sample_first(n) for n in sizes])
     seq = jnp.where(was_masked, tokens, seq)
     codes = codes.at[:, stage].set(seq)
+    steps = len(tables.num_masked)
+    if rescore is not None and steps > 1:  # the last step's scores are never used: no rescoring there
+        conf = jax.lax.cond(i < steps - 1,
+                            lambda c: jnp.where(needed, mix(c, rescore(codes), knobs.rescore_weight), c),
+                            lambda c: c, conf)
 
     if settings.chunked:
         per_chunk = conf.reshape(b, tables.units, settings.span_len)

@@ -147,11 +147,18 @@ class MagnetLM(nnx.Module):
           an int or a traced scalar. With `stage_logits_only`, only that head runs: `[B, T, card]`.
         condition: projected text condition `[B, S, dim]` (or precomputed `cross_kv`).
         """
+        if stage_logits_only and stage is None:
+            raise ValueError("stage_logits_only=True needs a stage")
+        x = self.hidden_states(codes, condition, condition_mask, stage=stage, causal=causal, cross_kv=cross_kv)
+        return self.logits(x, stage if stage_logits_only else None)
+
+    def hidden_states(self, codes: jnp.ndarray, condition: Optional[jnp.ndarray] = None,
+                      condition_mask: Optional[jnp.ndarray] = None, *, stage: Stage = None,
+                      causal: Optional[bool] = None, cross_kv=None) -> jnp.ndarray:
+        """The forward up to the heads (after the final norm): `[B, T, dim]`; see `__call__`."""
         c = self.config
         if codes.ndim != 3 or codes.shape[1] != c.n_q:
             raise ValueError(f"codes must be [B, K={c.n_q}, T], got shape {codes.shape}")
-        if stage_logits_only and stage is None:
-            raise ValueError("stage_logits_only=True needs a stage")
         if c.cross_attention and cross_kv is None:
             if condition is None:
                 raise ValueError("this LM cross-attends to a text condition: pass condition= or cross_kv=")
@@ -166,7 +173,7 @@ class MagnetLM(nnx.Module):
         x = self.transformer(x, self.self_attention_mask(codes.shape[-1], stage, causal), cross_kv, cross_mask)
         if self.out_norm is not None:
             x = self.out_norm(x)
-        return self.logits(x, stage if stage_logits_only else None)
+        return x
 
     def decode_logits(self, codes: jnp.ndarray, cross: Optional[GuidedCross], *, stage: int, guided: bool):
         """The sampler's forward: fp32 logits `[B, T, card]` of one `stage`, or with `guided`

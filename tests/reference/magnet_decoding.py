@@ -59,8 +59,12 @@ def least_probable_spans(scores_row, target, span_len):
 
 def generate_greedy(logits_fn, *, batch, n_q, length, mask_id, span_len, decoding_steps, prompt=None,
                     cfg=True, max_cfg=10.0, min_cfg=1.0, temp=3.0, anneal=True, scoring="max",
-                    arrangement="nonoverlap", counts_log=None):
-    """logits_fn(codes [N, K, T], stage) -> [N, K or 1.., T, card] logits of `stage` as [N, T, card]."""
+                    arrangement="nonoverlap", counts_log=None, rescore_fn=None, rescore_weight=1.0):
+    """logits_fn(codes [N, K, T], stage) -> [N, K or 1.., T, card] logits of `stage` as [N, T, card].
+
+    Rescoring (the paper's Eq. 5): rescore_fn(codes [B, K, T], stage) -> [B, T] a rescorer's
+    probability of the stage's tokens in the candidate; the confidence of every sampled token
+    becomes w * p + (1 - w) * p_rescorer before the spans are scored."""
     prompt_len = 0 if prompt is None else prompt.shape[-1]
     gen = np.full((batch, n_q, length), mask_id, np.int64)
     if prompt_len:
@@ -110,6 +114,8 @@ def generate_greedy(logits_fn, *, batch, n_q, length, mask_id, span_len, decodin
             seq = np.where(was_masked, tokens, seq)
             gen[:, stage] = seq
             p = np.take_along_axis(probs, tokens[..., None], -1)[..., 0]
+            if rescore_fn is not None:
+                p = rescore_weight * p + (1 - rescore_weight) * np.asarray(rescore_fn(gen.copy(), stage), np.float32)
             if chunked:
                 per = p.reshape(batch, -1, span_len)
                 scores = 1 - per.max(-1) if scoring == "max" else (-np.log(per)).sum(-1)
