@@ -37,6 +37,10 @@ def add_commands(sub) -> None:
     knobs.add_argument("--span-scoring", choices=("max", "prod"))
     knobs.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     knobs.add_argument("--no-anneal-temperature", action="store_true")
+    knobs.add_argument("--rescorer", default=None,
+                       help="MusicGen hub name or local folder that rescores each step's candidate (Eq. 5; MAGNeT only)")
+    knobs.add_argument("--rescore-weight", type=float,
+                       help="MAGNeT's share w of the mixed confidence w*p_magnet + (1-w)*p_rescorer (default 0.5)")
     out = g.add_argument_group("output")
     out.add_argument("--strategy", choices=("loudness", "peak", "rms", "clip"), default="loudness",
                      help="normalisation of the written audio (audiocraft's audio_write strategies)")
@@ -65,15 +69,26 @@ def _model_args(p, with_model: bool = True) -> None:
 def _load(args):
     from magnet_jax.pipeline import load_pretrained
 
-    return load_pretrained(args.model, t5=args.t5, codec=args.codec, cache_dir=args.cache_dir,
-                           local_files_only=args.offline, dtype=args.dtype,
-                           generation_defaults=getattr(args, "generation_defaults", "checkpoint"))
+    model = load_pretrained(args.model, t5=args.t5, codec=args.codec, cache_dir=args.cache_dir,
+                            local_files_only=args.offline, dtype=args.dtype,
+                            generation_defaults=getattr(args, "generation_defaults", "checkpoint"))
+    if getattr(args, "rescorer", None):
+        if model.config.lm.causal:
+            raise ValueError(f"--rescorer: rescoring applies to MAGNeT, and {model.name} is a MusicGen (causal) LM")
+        rescorer = load_pretrained(args.rescorer, cache_dir=args.cache_dir, local_files_only=args.offline,
+                                   dtype=args.dtype)
+        if not rescorer.config.lm.causal:
+            raise ValueError(f"--rescorer {args.rescorer}: a MusicGen (causal LM) checkpoint is expected, "
+                             "this one is a MAGNeT checkpoint")
+        model.set_rescorer(rescorer)
+    return model
 
 
 def _overrides(args) -> dict:
     ov = dict(decoding_steps=args.decoding_steps, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
               max_cfg_coef=args.max_cfg_coef, min_cfg_coef=args.min_cfg_coef,
-              span_arrangement=args.span_arrangement, span_scoring=args.span_scoring, cfg_coef=args.cfg_coef)
+              span_arrangement=args.span_arrangement, span_scoring=args.span_scoring, cfg_coef=args.cfg_coef,
+              rescore_weight=args.rescore_weight)
     if args.greedy:
         ov["use_sampling"] = False
     if args.no_anneal_temperature:
@@ -92,7 +107,9 @@ def _check_decoding_args(args) -> None:
         SamplerSettings(decoding_steps=tuple(args.decoding_steps))
     if args.top_k is not None and args.top_k < 0:
         raise ValueError(f"--top-k must be >= 0 (0: no top-k filtering), got {args.top_k}")
-    given = {k: getattr(args, k) for k in ("temperature", "top_p", "max_cfg_coef", "min_cfg_coef")
+    if args.rescore_weight is not None and not args.rescorer:
+        raise ValueError("--rescore-weight needs --rescorer (a MusicGen checkpoint to rescore with)")
+    given = {k: getattr(args, k) for k in ("temperature", "top_p", "max_cfg_coef", "min_cfg_coef", "rescore_weight")
              if getattr(args, k) is not None}
     DecodeKnobs.create(**given)
 

@@ -23,6 +23,7 @@ from flax import nnx
 from magnet_jax.config import Config
 from magnet_jax.convert.audiocraft_config import AUDIOCRAFT_API_DECODE
 from magnet_jax.decode.long_form import generate_long
+from magnet_jax.decode.rescoring import DEFAULT_RESCORE_WEIGHT
 from magnet_jax.decode.sampler import MagnetSampler, output_length
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 
@@ -32,7 +33,7 @@ MAX_DURATION_S = 3600.0
 _ALIASES = {"temp": "temperature", "anneal_temp": "anneal_temperature"}
 # span_len is the trained model's, never a decoding choice.
 _DECODE_KEYS = ({f.name for f in dataclasses.fields(SamplerSettings)} - {"span_len"}) | {
-    "temperature", "max_cfg_coef", "min_cfg_coef", "top_p"}
+    "temperature", "max_cfg_coef", "min_cfg_coef", "top_p", "rescore_weight"}
 
 
 def check_duration(duration: float) -> float:
@@ -64,6 +65,7 @@ class MAGNeT:
         self.compute_dtype = jnp.dtype(model.lm.config.dtype)
         self.model, self.t5, self.tokenizer, self.codec = model, t5, tokenizer, codec
         self.sampler = self._make_sampler(model.lm)
+        self.rescorer = None
         proj_graph, proj_params = nnx.split(model.conditioner)
         t5_graph, t5_params = nnx.split(t5)
         self._text_params = (proj_params, t5_params)
@@ -119,6 +121,28 @@ class MAGNeT:
         parts = load_pipeline_parts(name_or_dir, **{k: v for k, v in kwargs.items() if k != "generation_defaults"})
         return cls(*parts[:5], name=parts[5], generation_defaults=kwargs.get("generation_defaults", "checkpoint"))
 
+    def set_rescorer(self, rescorer: Optional["MAGNeT"]) -> "MAGNeT":
+        """Rescoring (the paper's Eq. 5; decode/rescoring.py): every decoding step also scores
+        its candidate with `rescorer`, a MusicGen pipeline over the same codec (its LM and its own
+        text conditioning), and `rescore_weight` (default 0.5) mixes the two models' token
+        probabilities into the confidence. None turns it off. Returns self."""
+        if rescorer is None:
+            self.sampler, self.rescorer = self._make_sampler(self.model.lm), None
+            return self
+        if self.config.lm.causal:
+            raise ValueError(f"rescoring applies to MAGNeT; {self.name} is a causal (MusicGen) LM")
+        if not isinstance(rescorer, MAGNeT) or not rescorer.config.lm.causal:
+            found = (f"the MAGNeT checkpoint {rescorer.name}" if isinstance(rescorer, MAGNeT)
+                     else type(rescorer).__name__)
+            raise ValueError(f"the rescorer must be a MusicGen (causal LM) pipeline, got {found}")
+        if (rescorer.frame_rate, rescorer.sample_rate) != (self.frame_rate, self.sample_rate):
+            raise ValueError(f"the rescorer's codec runs at {rescorer.frame_rate:g} frames/s ({rescorer.sample_rate} "
+                             f"Hz) and MAGNeT's at {self.frame_rate:g} frames/s ({self.sample_rate} Hz): they must "
+                             "share one codec")
+        self.sampler = MagnetSampler(self.model.lm, rescorer=rescorer.model.lm)  # checks codebooks and cards
+        self.rescorer = rescorer
+        return self
+
     # -- text -------------------------------------------------------------------------------
 
     def encode_text(self, descriptions: Sequence[Optional[str]]) -> Tuple[jnp.ndarray, jnp.ndarray]:
@@ -136,6 +160,11 @@ class MAGNeT:
         unknown = sorted(set(ov) - _DECODE_KEYS)
         if unknown:
             raise TypeError(f"unknown decoding setting(s) {unknown}; valid: {sorted(_DECODE_KEYS | set(_ALIASES))}")
+        if self.rescorer is not None:
+            ov.setdefault("rescore_weight", DEFAULT_RESCORE_WEIGHT)
+        elif "rescore_weight" in ov:
+            raise ValueError("rescore_weight needs a rescorer: model.set_rescorer(MusicGen.from_pretrained(...)), or "
+                             "--rescorer on the command line")
         if "decoding_steps" in ov:
             steps = tuple(int(s) for s in np.atleast_1d(ov["decoding_steps"]))
             if len(steps) != self.config.lm.n_q:
@@ -164,14 +193,15 @@ class MAGNeT:
         if prompt is not None and prompt.shape[:2] != (len(descriptions), self.config.lm.n_q):
             raise ValueError(f"prompt codes must be [B={len(descriptions)}, K={self.config.lm.n_q}, P], "
                              f"got {tuple(prompt.shape)}")
+        rescore = None if self.rescorer is None else self.rescorer.encode_text(descriptions)
         # One compiled program per window; progress(done, total) comes from inside it, per step.
         if total <= segment:  # as audiocraft: trimmed to whole spans for non-overlapping spans
             codes = self.sampler.generate(cond, mask, key, settings, knobs, length=total, prompt=prompt,
-                                          progress=progress)
+                                          progress=progress, rescore_condition=rescore)
         else:  # longer than the trained segment: windows continuing each other's last third
             overlap = output_length(settings, max(settings.span_len, window // 3)) or settings.span_len
             codes = generate_long(self.sampler, cond, mask, key, settings, knobs, total_length=total, window=window,
-                                  overlap=overlap, prompt=prompt, progress=progress)
+                                  overlap=overlap, prompt=prompt, progress=progress, rescore_condition=rescore)
         return np.asarray(jax.device_get(codes))
 
     def decode_codes(self, codes) -> np.ndarray:
