@@ -3,6 +3,7 @@ a roofline line, and audiocraft's own `MagnetLMModel.generate` on the same rando
 
     python bench/sample.py --config configs/tiny.py [--batch 1[,4,16,64]] [--duration SECONDS]
         [--decoding-steps 20,10,10,10] [--reps 3] [--reference] [--ref-backends xformers,torch]
+        [--rescorer tiny|small]
         [--config.section.key=value ...]
 
 Random LM weights (MagnetLM of the config, seed 0) and a random projected text condition
@@ -26,6 +27,11 @@ is the median of the per-repetition ratios (this VM's speed drifts over minutes)
 faithful configuration); 'torch' is audiocraft's default (scaled_dot_product_attention,
 faster on CPU, but it turns the restricted stage > 0 attention into causal attention, so it
 computes another model). The line ends with the fastest reference latency over ours.
+
+With `--rescorer SHAPE` the same generation is also timed with rescoring (Eq. 5,
+decode/rescoring.py) by a random causal LM of that MusicGen shape (tiny: dim 256, 4 layers;
+small: musicgen-small's dim 1024, 24 layers), interleaved with the plain runs: the latency
+cost of rescoring.
 """
 from __future__ import annotations
 
@@ -36,6 +42,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESCORER_SHAPES = {"tiny": dict(dim=256, num_layers=4, num_heads=4),
+                   "small": dict(dim=1024, num_layers=24, num_heads=16)}  # musicgen-small's
 
 
 def _parse():
@@ -53,6 +61,8 @@ def _parse():
     p.add_argument("--ref-backends", default="xformers,torch",
                    help="audiocraft attention backends to time (xformers: faithful; torch: faster, wrong at stage > 0)")
     p.add_argument("--no-roofline", action="store_true", help="skip the matmul-rate and per-forward timing")
+    p.add_argument("--rescorer", choices=sorted(RESCORER_SHAPES), default=None,
+                   help="also time rescoring by a random MusicGen-shaped LM of this size")
     from magnet_jax.config_io import parse_args_and_overrides
 
     args, overrides = parse_args_and_overrides(p, "--config.decode.temperature=2.0")
@@ -230,10 +240,11 @@ def main():
         if args.compile_only:
             print(head, flush=True)
             continue
-        run = lambda k: compiled(sampler.params, cond_j, mask_j, None, k, knobs)
+        run = lambda k: compiled(sampler.params, cond_j, mask_j, None, k, knobs, None)
         _log(f"compiled in {compile_s:.1f}s; warm-up")
         codes = jax.block_until_ready(run(key))
         assert codes.shape == (b, c.n_q, t_out) and not bool((codes == c.mask_id).any())
+        rescored = _rescoring(args, cfg, lm, cond_j, mask_j, key, settings, knobs, length) if args.rescorer else None
         roofline = None  # measured before the reference runs, beside our own timing
         if index == 0 and not args.no_roofline:
             roofline = f"roofline B={b} T={t_out}: " + _roofline(cfg, sampler, cond_j, mask_j, t_out, args.reps)
@@ -246,11 +257,15 @@ def main():
                 _log(f"no reference: {e}")
         # Repetitions interleaved (ours, then each reference): this VM's speed drifts by 10 to 30%
         # over minutes, which a block of ours followed by a block of theirs would fold into the ratio.
-        times = {"ours": [], **{k: [] for k in refs}}
+        times = {"ours": [], **({"rescored": []} if rescored else {}), **{k: [] for k in refs}}
         for r in range(args.reps):
             t0 = time.perf_counter()
             jax.block_until_ready(run(jax.random.fold_in(key, r + 1)))
             times["ours"].append(time.perf_counter() - t0)
+            if rescored:
+                t0 = time.perf_counter()
+                jax.block_until_ready(rescored[0](jax.random.fold_in(key, r + 1)))
+                times["rescored"].append(time.perf_counter() - t0)
             for backend, generate in refs.items():
                 times[backend].append(generate(r))
             _log(f"rep {r + 1}/{args.reps}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()))
@@ -258,6 +273,10 @@ def main():
         tokens = b * c.n_q * t_out
         audio_s = b * t_out / cfg.data.frame_rate
         line = f"{head} latency_s={latency:.4f} tokens_per_s={tokens / latency:.1f} rtf={audio_s / latency:.3f}"
+        if rescored:
+            cost = statistics.median(t / o for t, o in zip(times["rescored"], times["ours"]))
+            line += (f" rescorer={args.rescorer} rescorer_compile_s={rescored[1]:.2f} "
+                     f"rescored_latency_s={statistics.median(times['rescored']):.4f} rescored_over_plain={cost:.2f}")
         if args.reference and not refs:
             line += " reference=unavailable"
         if refs:
@@ -271,6 +290,35 @@ def main():
         if roofline:
             print(roofline, flush=True)
     print(f"load1_before={uptime:.2f} load1_after={os.getloadavg()[0]:.2f}", flush=True)
+
+
+def _rescoring(args, cfg, lm, cond, mask, key, settings, knobs, length):
+    """(run(key) -> codes with rescoring at w = 0.5, its compile seconds): the same MAGNeT LM with a
+    random causal LM of a MusicGen shape as the rescorer, conditioned on a random condition."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from magnet_jax.decode.sampler import MagnetSampler
+    from magnet_jax.models.magnet_lm import MagnetLM
+
+    c = cfg.lm
+    r_cfg = dataclasses.replace(c, **RESCORER_SHAPES[args.rescorer], causal=True, subcodes_context=-1,
+                                codebook_delays=tuple(range(c.n_q)))
+    _log(f"rescorer: a random causal LM, dim {r_cfg.dim}, {r_cfg.num_layers} layers")
+    sampler = MagnetSampler(lm, rescorer=MagnetLM(r_cfg, rngs=nnx.Rngs(args.seed + 1)))
+    r_cond = jax.random.normal(jax.random.key(args.seed + 1), cond.shape[:2] + (r_cfg.dim,), cond.dtype)
+    rescore = (r_cond, mask)
+    knobs = knobs.replace(rescore_weight=jnp.float32(0.5))
+    t0 = time.perf_counter()
+    compiled = sampler.lower(cond, mask, key, settings, knobs, length=length, rescore_condition=rescore).compile()
+    compile_s = time.perf_counter() - t0
+    args_r = (sampler.rescorer_params, r_cond, mask)
+    run = lambda k: compiled(sampler.params, cond, mask, None, k, knobs, args_r)
+    jax.block_until_ready(run(key))
+    return run, compile_s
 
 
 def _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out, backend="xformers"):

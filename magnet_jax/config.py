@@ -48,6 +48,9 @@ class LMConfig:
     scan_unroll: int = 1
     # Per-codebook delays of MusicGen's 'delay' codebook pattern; () is MAGNeT's 'parallel' pattern.
     codebook_delays: Tuple[int, ...] = ()
+    # 'magnet', or 'hybrid': Hybrid-MAGNeT (an autoregressive prefix over the delay pattern, then
+    # MAGNeT's masked stages; train/hybrid.py). Hybrid needs one delay per codebook, not causal.
+    kind: str = "magnet"
 
     @property
     def mask_id(self) -> int:
@@ -100,6 +103,8 @@ class DecodeConfig:
     # Speed only (same codes): the last layer, head and sampling run at the smallest of this
     # many static sizes holding a step's masked frames; more sizes save more, compile longer.
     query_buckets: int = 8
+    # Hybrid-MAGNeT (lm.kind='hybrid'): seconds decoded autoregressively before MAGNeT's stages.
+    hybrid_prefix: float = 3.0
 
 
 @dataclasses.dataclass(frozen=True)

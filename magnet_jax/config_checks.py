@@ -28,7 +28,7 @@ RULES: Dict[str, _Rule] = {
     "conditioner.word_dropout": _PROBABILITY,
     "masking.span_len": _POSITIVE,
     "decode.temperature": _AT_LEAST_0, "decode.top_k": _AT_LEAST_0, "decode.top_p": _PROBABILITY,
-    "decode.query_buckets": _POSITIVE,
+    "decode.query_buckets": _POSITIVE, "decode.hybrid_prefix": _AT_LEAST_0,
     "optim.lr": _POSITIVE, "optim.b1": _BELOW_1, "optim.b2": _BELOW_1, "optim.eps": _AT_LEAST_0,
     "optim.weight_decay": _AT_LEAST_0, "optim.max_norm": _AT_LEAST_0, "optim.warmup_steps": _AT_LEAST_0,
     "optim.lr_min_ratio": _PROBABILITY, "optim.ema_decay": _BELOW_1, "optim.ema_every": _POSITIVE,
@@ -59,6 +59,12 @@ def check_values(cfg) -> None:
     if cfg.train.smoke_test and cfg.data.kind != "synthetic":
         raise ValueError("train.smoke_test judges a run by the synthetic data's known rules; data.source="
                          f"{cfg.data.source!r} reads a dataset: drop --config.train.smoke_test")
+    if cfg.lm.kind not in ("magnet", "hybrid"):
+        raise ValueError(f"lm.kind={cfg.lm.kind!r}: 'magnet' or 'hybrid' (Hybrid-MAGNeT); set --config.lm.kind=hybrid")
+    if cfg.lm.kind == "hybrid" and (cfg.lm.causal or len(cfg.lm.codebook_delays) != cfg.lm.n_q):
+        raise ValueError(f"lm.kind='hybrid' needs lm.causal=False and one delay per codebook (lm.codebook_delays, "
+                         f"e.g. {tuple(range(cfg.lm.n_q))}); got causal={cfg.lm.causal}, "
+                         f"codebook_delays={tuple(cfg.lm.codebook_delays)}")
     for steps in cfg.decode.decoding_steps:
         if steps < 1:
             raise ValueError(f"decode.decoding_steps={tuple(cfg.decode.decoding_steps)}: every stage needs >= 1 step")

@@ -73,7 +73,8 @@ class ARSampler:
                 raise ValueError("pass a MagnetLM module, or a graphdef together with params")
             self.graphdef, self.params = lm, params
         self.config = c = nnx.merge(self.graphdef, self.params).config
-        if not c.causal or len(c.codebook_delays) != c.n_q:
+        # A Hybrid-MAGNeT LM decodes its prefix causally too (its prefix queries are trained so).
+        if not (c.causal or c.kind == "hybrid") or len(c.codebook_delays) != c.n_q:
             raise ValueError("autoregressive sampling needs a causal LM with one delay per codebook (a MusicGen "
                              f"checkpoint); this one has causal={c.causal}, codebook_delays={c.codebook_delays}")
         self._generate_jit = jax.jit(self._generate, static_argnames=("settings", "length", "report"))

@@ -154,8 +154,10 @@ class MagnetLM(nnx.Module):
 
     def hidden_states(self, codes: jnp.ndarray, condition: Optional[jnp.ndarray] = None,
                       condition_mask: Optional[jnp.ndarray] = None, *, stage: Stage = None,
-                      causal: Optional[bool] = None, cross_kv=None) -> jnp.ndarray:
-        """The forward up to the heads (after the final norm): `[B, T, dim]`; see `__call__`."""
+                      causal: Optional[bool] = None, cross_kv=None, attention_mask=None) -> jnp.ndarray:
+        """The forward up to the heads (after the final norm): `[B, T, dim]`; see `__call__`.
+        attention_mask: a self-attention mask (True = attend, broadcasting to [B, H, T, T]) in
+        place of the one `stage` and `causal` select (Hybrid-MAGNeT's mixed mask)."""
         c = self.config
         if codes.ndim != 3 or codes.shape[1] != c.n_q:
             raise ValueError(f"codes must be [B, K={c.n_q}, T], got shape {codes.shape}")
@@ -170,7 +172,9 @@ class MagnetLM(nnx.Module):
             cross_mask = condition_mask.astype(bool)[:, None, None, :]
         x = self.embed(codes)
         x = constrain(x, ("batch", "length", "embed"))
-        x = self.transformer(x, self.self_attention_mask(codes.shape[-1], stage, causal), cross_kv, cross_mask)
+        if attention_mask is None:
+            attention_mask = self.self_attention_mask(codes.shape[-1], stage, causal)
+        x = self.transformer(x, attention_mask, cross_kv, cross_mask)
         if self.out_norm is not None:
             x = self.out_norm(x)
         return x

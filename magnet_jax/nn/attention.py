@@ -23,6 +23,18 @@ def local_window_mask(length: int, context: int) -> jnp.ndarray:
     return jnp.abs(pos[:, None] - pos[None, :]) <= context
 
 
+def hybrid_attention_mask(boundary: jnp.ndarray, steps: int, stage, context: int) -> jnp.ndarray:
+    """Hybrid-MAGNeT's mixed mask, bool [B, 1, S, S] over delay-pattern steps: queries before
+    `boundary` [B] attend causally, the others to every key (stage 0) or to |q - k| <= context
+    (stage > 0; context -1: all)."""
+    q = jnp.arange(steps)[:, None]
+    k = jnp.arange(steps)[None, :]
+    window = (jnp.abs(q - k) <= context) if context >= 0 else jnp.ones((steps, steps), bool)
+    parallel = window | (jnp.asarray(stage) == 0)
+    prefix_query = q[None] < jnp.asarray(boundary)[:, None, None]  # [B, S, 1]
+    return jnp.where(prefix_query, (k <= q)[None], parallel[None])[:, None]
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalWindow:
     """Self-attention limited to |t_q - t_k| <= context, computed block-banded: each block of

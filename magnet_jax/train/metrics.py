@@ -104,6 +104,8 @@ def summarise_train_window(window) -> Dict[str, object]:
     out: Dict[str, object] = {}
     for key in ("loss", "acc", "grad_norm", "lr", "masked_frac"):
         out[key] = float(np.mean([m[key] for m in window]))
+    if "ce_ar" in window[0]:  # Hybrid-MAGNeT: the autoregressive prefix's CE
+        out["ce_prefix"] = float(np.mean([m["ce_ar"] for m in window]))
     count = np.sum([m["stage_count"] for m in window], axis=0)
     for key in ("ce_per_stage", "acc_per_stage"):
         total = np.sum([m[key] for m in window], axis=0)

@@ -20,6 +20,13 @@ def generate_from_text(cfg: Config, graphdef, params, text_ids, text_mask, key, 
         params, jnp.asarray(text_ids), jnp.asarray(text_mask))
     settings = SamplerSettings.from_config(cfg.decode, cfg.lm.span_len, **decode_overrides)
     knobs = DecodeKnobs.from_config(cfg.decode, **decode_overrides)
+    if cfg.lm.kind == "hybrid":
+        from magnet_jax.decode.hybrid import HybridSampler, HybridSettings
+
+        # decode.hybrid_prefix seconds, at most half the clip (a training run's clips may be short)
+        prefix = min(int(cfg.decode.hybrid_prefix * cfg.data.frame_rate), length // 2)
+        return HybridSampler(model.lm).generate(cond, mask, key, HybridSettings(prefix, settings), knobs,
+                                                length=length)
     return MagnetSampler(model.lm).generate(cond, mask, key, settings, knobs, length=length)
 
 

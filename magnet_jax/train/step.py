@@ -38,6 +38,15 @@ def masked_cross_entropy(logits, targets, weights):
     return (ce * w).sum() / count, (acc * w).sum() / count, w.sum()
 
 
+def condition_keep(condition: str, key, batch: int, cfg: Config) -> jnp.ndarray:
+    """Which rows keep their text: CFG dropout ('dropout'), all ('text') or none ('null')."""
+    if condition == "dropout":
+        return cfg_dropout_keep(key, batch, cfg.conditioner.cfg_dropout)
+    if condition in ("text", "null"):
+        return jnp.full((batch,), condition == "text")
+    raise ValueError(f"condition must be 'dropout', 'text' or 'null', got {condition!r}")
+
+
 def stage_loss(model, batch, key, stage, cfg: Config, lut, condition: str = "dropout", text=None):
     """Loss of one stage on a batch. `stage` may be traced. Returns (loss, aux dict).
 
@@ -53,12 +62,7 @@ def stage_loss(model, batch, key, stage, cfg: Config, lut, condition: str = "dro
     inputs, loss_mask = build_inputs(codes, stage, span, cfg.lm.mask_id)
     if "padding_mask" in batch:
         loss_mask = loss_mask & batch["padding_mask"].astype(bool)
-    if condition == "dropout":
-        keep = cfg_dropout_keep(k_cfg, b, cfg.conditioner.cfg_dropout)
-    elif condition in ("text", "null"):
-        keep = jnp.full((b,), condition == "text")
-    else:
-        raise ValueError(f"condition must be 'dropout', 'text' or 'null', got {condition!r}")
+    keep = condition_keep(condition, k_cfg, b, cfg)
     text = batch["text_ids"] if text is None else text
     logits = model(inputs, text, batch["text_mask"], stage=stage, keep=keep, stage_logits_only=True)
     targets = jnp.take(codes, stage, axis=1)
@@ -73,12 +77,22 @@ def encode_text(text_encoder, frozen, batch):
     return jax.lax.stop_gradient(text_encoder(frozen, batch["text_ids"], batch["text_mask"]))
 
 
+def objective_of(cfg: Config):
+    """MAGNeT's `stage_loss`, or Hybrid-MAGNeT's (`lm.kind = "hybrid"`, train/hybrid.py)."""
+    if cfg.lm.kind == "hybrid":
+        from magnet_jax.train.hybrid import hybrid_loss
+
+        return hybrid_loss
+    return stage_loss
+
+
 def make_train_step(cfg: Config, graphdef, tx, lr_schedule, text_encoder=None):
     """The pure step `(state, batch, key, frozen) -> (state, metrics)`; jit it with shardings
     (see `trainer.compile_train_step`). text_encoder: `(frozen, ids, mask) -> hidden`, a
     frozen encoder (T5) whose parameters `frozen` are passed beside the state, not trained."""
     lut = mask_rate_to_span_starts_lut(cfg.data.num_frames, cfg.masking.span_len)
     n_q = cfg.lm.n_q
+    objective = objective_of(cfg)
     ema_decay, ema_every = cfg.optim.ema_decay, max(cfg.optim.ema_every, 1)
 
     def train_step(state: TrainState, batch: Dict[str, jax.Array], key: jax.Array, frozen=None):
@@ -88,7 +102,7 @@ def make_train_step(cfg: Config, graphdef, tx, lr_schedule, text_encoder=None):
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params)
-            return stage_loss(model, batch, k_loss, stage, cfg, lut, text=text)
+            return objective(model, batch, k_loss, stage, cfg, lut, text=text)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grad_norm = optax.global_norm(grads)
@@ -100,8 +114,10 @@ def make_train_step(cfg: Config, graphdef, tx, lr_schedule, text_encoder=None):
             do = (step % ema_every) == 0
             ema = jax.tree.map(lambda e, p: jnp.where(do, ema_decay * e + (1 - ema_decay) * p, e), ema, params)
         onehot = jax.nn.one_hot(stage, n_q)
+        # Hybrid-MAGNeT: the per-stage numbers are those of the masked stage (its prefix CE is ce_ar).
         metrics = dict(aux, loss=loss, stage=stage, grad_norm=grad_norm, lr=lr_schedule(state.step),
-                       ce_per_stage=onehot * loss, acc_per_stage=onehot * aux["acc"], stage_count=onehot)
+                       ce_per_stage=onehot * aux.get("ce_nar", loss), acc_per_stage=onehot * aux.get("acc_nar", aux["acc"]),
+                       stage_count=onehot)
         return TrainState(step=step, params=params, opt_state=opt_state, ema_params=ema), metrics
 
     return train_step
@@ -111,18 +127,23 @@ def make_eval_step(cfg: Config, graphdef, text_encoder=None):
     """Per-stage CE and accuracy `[K]` on a batch with fixed masking (key), with the text
     condition and with the null condition (the gap is what the caption is worth)."""
     lut = mask_rate_to_span_starts_lut(cfg.data.num_frames, cfg.masking.span_len)
+    objective, hybrid = objective_of(cfg), cfg.lm.kind == "hybrid"
 
     def eval_step(params, batch, key, frozen=None):
         model = nnx.merge(graphdef, params)
         text = encode_text(text_encoder, frozen, batch)
         out = {"ce_per_stage": [], "acc_per_stage": [], "ce_per_stage_null_text": []}
+        if hybrid:
+            out["ce_prefix"] = []  # the autoregressive part's CE, under each stage's draw
         for stage in range(cfg.lm.n_q):
             k = jax.random.fold_in(key, stage)
-            _, aux = stage_loss(model, batch, k, stage, cfg, lut, condition="text", text=text)
-            _, null = stage_loss(model, batch, k, stage, cfg, lut, condition="null", text=text)
-            out["ce_per_stage"].append(aux["ce"])
-            out["acc_per_stage"].append(aux["acc"])
-            out["ce_per_stage_null_text"].append(null["ce"])
+            _, aux = objective(model, batch, k, stage, cfg, lut, condition="text", text=text)
+            _, null = objective(model, batch, k, stage, cfg, lut, condition="null", text=text)
+            out["ce_per_stage"].append(aux.get("ce_nar", aux["ce"]))
+            out["acc_per_stage"].append(aux.get("acc_nar", aux["acc"]))
+            out["ce_per_stage_null_text"].append(null.get("ce_nar", null["ce"]))
+            if hybrid:
+                out["ce_prefix"].append(aux["ce_ar"])
         return {k: jnp.stack(v) for k, v in out.items()}
 
     return eval_step

@@ -357,6 +357,9 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
                         last_eval = evaluate(state.params)
                     writer.write(done, "eval", last_eval)
                     log.info("step %d eval ce per stage %s", done, np.round(last_eval["ce_per_stage"], 3))
+                    if "ce_prefix" in last_eval:  # Hybrid-MAGNeT's autoregressive part
+                        log.info("step %d eval ce of the autoregressive prefix %.3f", done,
+                                 float(np.mean(last_eval["ce_prefix"])))
                 if save_now:
                     ckpt.save(done, state, cfg, {"data_step": done, "seed": tcfg.seed, **reader.state_at(done)},
                               force=done == end or preempted)
