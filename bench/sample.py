@@ -3,7 +3,7 @@ a roofline line, and audiocraft's own `MagnetLMModel.generate` on the same rando
 
     python bench/sample.py --config configs/tiny.py [--batch 1[,4,16,64]] [--duration SECONDS]
         [--decoding-steps 20,10,10,10] [--reps 3] [--reference] [--ref-backends xformers,torch]
-        [--rescorer tiny|small]
+        [--rescorer tiny|small] [--hybrid-prefix SECONDS]
         [--config.section.key=value ...]
 
 Random LM weights (MagnetLM of the config, seed 0) and a random projected text condition
@@ -32,6 +32,11 @@ With `--rescorer SHAPE` the same generation is also timed with rescoring (Eq. 5,
 decode/rescoring.py) by a random causal LM of that MusicGen shape (tiny: dim 256, 4 layers;
 small: musicgen-small's dim 1024, 24 layers), interleaved with the plain runs: the latency
 cost of rescoring.
+
+With `--hybrid-prefix SECONDS` the same shape is also timed as Hybrid-MAGNeT (decode/hybrid.py:
+that many seconds autoregressively, then MAGNeT's stages with the same steps) and as a
+fully autoregressive sampler (decode/autoregressive.py, the whole clip, top-k 250), both on
+random LMs of the same size: the paper's latency trade-off, interleaved with the plain runs.
 """
 from __future__ import annotations
 
@@ -63,6 +68,8 @@ def _parse():
     p.add_argument("--no-roofline", action="store_true", help="skip the matmul-rate and per-forward timing")
     p.add_argument("--rescorer", choices=sorted(RESCORER_SHAPES), default=None,
                    help="also time rescoring by a random MusicGen-shaped LM of this size")
+    p.add_argument("--hybrid-prefix", type=float, default=None,
+                   help="also time Hybrid-MAGNeT with this many seconds decoded autoregressively, and full AR")
     from magnet_jax.config_io import parse_args_and_overrides
 
     args, overrides = parse_args_and_overrides(p, "--config.decode.temperature=2.0")
@@ -245,6 +252,7 @@ def main():
         codes = jax.block_until_ready(run(key))
         assert codes.shape == (b, c.n_q, t_out) and not bool((codes == c.mask_id).any())
         rescored = _rescoring(args, cfg, lm, cond_j, mask_j, key, settings, knobs, length) if args.rescorer else None
+        others = _hybrid_and_ar(args, cfg, cond_j, mask_j, settings, knobs, length) if args.hybrid_prefix else {}
         roofline = None  # measured before the reference runs, beside our own timing
         if index == 0 and not args.no_roofline:
             roofline = f"roofline B={b} T={t_out}: " + _roofline(cfg, sampler, cond_j, mask_j, t_out, args.reps)
@@ -257,7 +265,8 @@ def main():
                 _log(f"no reference: {e}")
         # Repetitions interleaved (ours, then each reference): this VM's speed drifts by 10 to 30%
         # over minutes, which a block of ours followed by a block of theirs would fold into the ratio.
-        times = {"ours": [], **({"rescored": []} if rescored else {}), **{k: [] for k in refs}}
+        times = {"ours": [], **({"rescored": []} if rescored else {}), **{k: [] for k in others},
+                 **{k: [] for k in refs}}
         for r in range(args.reps):
             t0 = time.perf_counter()
             jax.block_until_ready(run(jax.random.fold_in(key, r + 1)))
@@ -266,6 +275,10 @@ def main():
                 t0 = time.perf_counter()
                 jax.block_until_ready(rescored[0](jax.random.fold_in(key, r + 1)))
                 times["rescored"].append(time.perf_counter() - t0)
+            for name, (fn, _) in others.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(jax.random.fold_in(key, r + 1)))
+                times[name].append(time.perf_counter() - t0)
             for backend, generate in refs.items():
                 times[backend].append(generate(r))
             _log(f"rep {r + 1}/{args.reps}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()))
@@ -277,6 +290,9 @@ def main():
             cost = statistics.median(t / o for t, o in zip(times["rescored"], times["ours"]))
             line += (f" rescorer={args.rescorer} rescorer_compile_s={rescored[1]:.2f} "
                      f"rescored_latency_s={statistics.median(times['rescored']):.4f} rescored_over_plain={cost:.2f}")
+        for name, (_, compile_other) in others.items():
+            line += (f" {name}_first_call_s={compile_other:.2f} {name}_latency_s={statistics.median(times[name]):.4f}"
+                     f" {name}_over_magnet={statistics.median(t / o for t, o in zip(times[name], times['ours'])):.2f}")
         if args.reference and not refs:
             line += " reference=unavailable"
         if refs:
@@ -319,6 +335,36 @@ def _rescoring(args, cfg, lm, cond, mask, key, settings, knobs, length):
     run = lambda k: compiled(sampler.params, cond, mask, None, k, knobs, args_r)
     jax.block_until_ready(run(key))
     return run, compile_s
+
+
+def _hybrid_and_ar(args, cfg, cond, mask, settings, knobs, length):
+    """{'hybrid': (run(key), compile s), 'ar': (...)}: random Hybrid-MAGNeT and causal LMs of the
+    config's size (delays 0..K-1); hybrid decodes `--hybrid-prefix` seconds autoregressively."""
+    import dataclasses
+
+    import jax
+    from flax import nnx
+
+    from magnet_jax.decode.autoregressive import ARKnobs, ARSampler, ARSettings
+    from magnet_jax.decode.hybrid import HybridSampler, HybridSettings
+    from magnet_jax.models.magnet_lm import MagnetLM
+
+    c = cfg.lm
+    delays = tuple(range(c.n_q))
+    hybrid = HybridSampler(MagnetLM(dataclasses.replace(c, kind="hybrid", codebook_delays=delays),
+                                    rngs=nnx.Rngs(args.seed + 2)))
+    prefix = int(round(args.hybrid_prefix * cfg.data.frame_rate))
+    h_settings = HybridSettings(prefix, settings)
+    ar = ARSampler(MagnetLM(dataclasses.replace(c, causal=True, subcodes_context=-1, codebook_delays=delays),
+                            rngs=nnx.Rngs(args.seed + 3)))
+    out = {}
+    for name, fn in [("hybrid", lambda k: hybrid.generate(cond, mask, k, h_settings, knobs, length=length)),
+                     ("ar", lambda k: ar.generate(cond, mask, k, ARSettings(), ARKnobs.create(), length=length))]:
+        _log(f"{name}: compiling and warming up")
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(jax.random.key(0)))  # compile + one run (reported as first_call_s)
+        out[name] = (fn, time.perf_counter() - t0)
+    return out
 
 
 def _reference(args, cfg, lm, condition, cond_mask, steps, length, t_out, backend="xformers"):

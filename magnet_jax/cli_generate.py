@@ -37,6 +37,8 @@ def add_commands(sub) -> None:
     knobs.add_argument("--span-scoring", choices=("max", "prod"))
     knobs.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     knobs.add_argument("--no-anneal-temperature", action="store_true")
+    knobs.add_argument("--hybrid-prefix", type=float,
+                       help="Hybrid-MAGNeT checkpoints: seconds decoded autoregressively first (default 3)")
     knobs.add_argument("--rescorer", default=None,
                        help="MusicGen hub name or local folder that rescores each step's candidate (Eq. 5; MAGNeT only)")
     knobs.add_argument("--rescore-weight", type=float,
@@ -88,7 +90,7 @@ def _overrides(args) -> dict:
     ov = dict(decoding_steps=args.decoding_steps, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
               max_cfg_coef=args.max_cfg_coef, min_cfg_coef=args.min_cfg_coef,
               span_arrangement=args.span_arrangement, span_scoring=args.span_scoring, cfg_coef=args.cfg_coef,
-              rescore_weight=args.rescore_weight)
+              rescore_weight=args.rescore_weight, hybrid_prefix=args.hybrid_prefix)
     if args.greedy:
         ov["use_sampling"] = False
     if args.no_anneal_temperature:

@@ -33,7 +33,7 @@ MAX_DURATION_S = 3600.0
 _ALIASES = {"temp": "temperature", "anneal_temp": "anneal_temperature"}
 # span_len is the trained model's, never a decoding choice.
 _DECODE_KEYS = ({f.name for f in dataclasses.fields(SamplerSettings)} - {"span_len"}) | {
-    "temperature", "max_cfg_coef", "min_cfg_coef", "top_p", "rescore_weight"}
+    "temperature", "max_cfg_coef", "min_cfg_coef", "top_p", "rescore_weight", "hybrid_prefix"}
 
 
 def check_duration(duration: float) -> float:
@@ -79,12 +79,16 @@ class MAGNeT:
 
     @staticmethod
     def _check_lm(config: Config) -> None:
-        if config.lm.causal or config.lm.codebook_delays:
+        if config.lm.causal or (config.lm.codebook_delays and config.lm.kind != "hybrid"):
             raise ValueError("this checkpoint is a causal (MusicGen) LM: load it with "
                              "magnet_jax.musicgen.MusicGen, or magnet_jax.pipeline.load_pretrained")
 
     @staticmethod
     def _make_sampler(lm):
+        if lm.config.kind == "hybrid":
+            from magnet_jax.decode.hybrid import HybridSampler
+
+            return HybridSampler(lm)
         return MagnetSampler(lm)
 
     # -- properties -------------------------------------------------------------------------
@@ -129,8 +133,9 @@ class MAGNeT:
         if rescorer is None:
             self.sampler, self.rescorer = self._make_sampler(self.model.lm), None
             return self
-        if self.config.lm.causal:
-            raise ValueError(f"rescoring applies to MAGNeT; {self.name} is a causal (MusicGen) LM")
+        if self.config.lm.causal or self.config.lm.kind == "hybrid":
+            raise ValueError(f"rescoring applies to MAGNeT; {self.name} is a "
+                             + ("causal (MusicGen) LM" if self.config.lm.causal else "Hybrid-MAGNeT LM"))
         if not isinstance(rescorer, MAGNeT) or not rescorer.config.lm.causal:
             found = (f"the MAGNeT checkpoint {rescorer.name}" if isinstance(rescorer, MAGNeT)
                      else type(rescorer).__name__)
@@ -184,9 +189,15 @@ class MAGNeT:
         """codes int32 [B, K, T] for T = duration x frame rate (trimmed to whole spans)."""
         if isinstance(descriptions, str) or descriptions is None:
             descriptions = [descriptions]
+        hybrid_prefix = overrides.pop("hybrid_prefix", None)
+        if hybrid_prefix is not None and self.config.lm.kind != "hybrid":
+            raise ValueError(f"hybrid_prefix applies to Hybrid-MAGNeT checkpoints (lm.kind='hybrid'); {self.name} is "
+                             "a MAGNeT LM")
         settings, knobs = self._settings(overrides)
         cond, mask = self.encode_text(descriptions)
         key = jax.random.key(seed)
+        if self.config.lm.kind == "hybrid":
+            return self._generate_hybrid(cond, mask, key, settings, knobs, duration, hybrid_prefix, prompt_codes)
         total, segment = self._frames(duration), self._frames(self.duration)
         window = output_length(settings, segment)
         prompt = None if prompt_codes is None else jnp.asarray(prompt_codes, jnp.int32)
@@ -202,6 +213,27 @@ class MAGNeT:
             overlap = output_length(settings, max(settings.span_len, window // 3)) or settings.span_len
             codes = generate_long(self.sampler, cond, mask, key, settings, knobs, total_length=total, window=window,
                                   overlap=overlap, prompt=prompt, progress=progress, rescore_condition=rescore)
+        return np.asarray(jax.device_get(codes))
+
+    def _generate_hybrid(self, cond, mask, key, settings, knobs, duration, prefix_s, prompt_codes) -> np.ndarray:
+        """Hybrid-MAGNeT: `prefix_s` seconds (default decode.hybrid_prefix) autoregressively, then
+        MAGNeT's stages (decode/hybrid.py); one window of at most the trained segment."""
+        from magnet_jax.decode.hybrid import HybridSettings
+
+        if prompt_codes is not None:
+            raise ValueError("audio prompts are not supported for Hybrid-MAGNeT yet: generate without a prompt")
+        total, segment = self._frames(duration), self._frames(self.duration)
+        if total > segment:
+            raise ValueError(f"duration {total / self.frame_rate:g} s is longer than the {self.duration:g} s this "
+                             "Hybrid-MAGNeT was trained on; windowed extension is not implemented for it")
+        prefix_s = float(self.config.decode.hybrid_prefix if prefix_s is None else prefix_s)
+        if not math.isfinite(prefix_s) or prefix_s < 0:
+            raise ValueError(f"hybrid_prefix must be a number of seconds >= 0, got {prefix_s}")
+        if prefix_s >= total / self.frame_rate:
+            raise ValueError(f"the Hybrid prefix ({prefix_s:g} s) must be shorter than the requested duration "
+                             f"({total / self.frame_rate:g} s): lower --hybrid-prefix or ask for a longer duration")
+        codes = self.sampler.generate(cond, mask, key, HybridSettings(int(round(prefix_s * self.frame_rate)), settings),
+                                      knobs, length=total)
         return np.asarray(jax.device_get(codes))
 
     def decode_codes(self, codes) -> np.ndarray:
