@@ -55,8 +55,13 @@ def test_weight_one_gives_plain_magnet_codes_and_the_weight_is_traced(setup):
                                                 DecodeKnobs.create(rescore_weight=w), length=30,
                                                 rescore_condition=(r_cond, r_mask)))
     np.testing.assert_array_equal(run(1.0), plain)
-    assert (run(0.2) != np.asarray(plain)).any()  # the rescorer does change what gets re-masked
+    rescored = run(0.2)
+    assert (rescored != np.asarray(plain)).any()  # the rescorer does change what gets re-masked
     assert sampler._generate_jit._cache_size() == 1  # w is traced: one program
+    *_, (_, _, last) = sampler.generate_stepwise(cond, mask, jax.random.key(4), settings,
+                                                 DecodeKnobs.create(rescore_weight=0.2), length=30,
+                                                 rescore_condition=(r_cond, r_mask))
+    np.testing.assert_array_equal(np.asarray(last), rescored)  # the step-by-step driver rescores alike
 
 
 def _audiocraft_rescorer(ac_lm):

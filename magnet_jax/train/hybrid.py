@@ -10,7 +10,9 @@ example a prefix boundary p is drawn uniformly in [0, T):
   or within the restricted window (stages > 0), the prefix included; the masked frames of
   codebook s are the targets.
 One mixed attention mask per example, one cross-entropy over both kinds of target (reported
-apart as `ce_ar` and `ce_nar`). This follows audiocraft's unreleased `hybrid_magnet` solver
+apart as `ce_ar` and `ce_nar`). The held-out evaluation fixes the boundary instead (train/step.py):
+at 0 for the masked stages (MAGNeT's task, comparable with MAGNeT runs) and past the end for
+the autoregressive part (MusicGen's teacher-forced CE). This follows audiocraft's unreleased `hybrid_magnet` solver
 (AR queries below the boundary, NAR queries above it); here the spans are drawn over the whole
 clip at the drawn rate and kept after the boundary.
 """
@@ -45,14 +47,17 @@ def frame_logits_of(lm, hidden: jnp.ndarray, length: int) -> jnp.ndarray:
     return jnp.stack([lm.logits(hidden[:, np.arange(length) + delays[k]], k) for k in range(len(delays))], axis=1)
 
 
-def hybrid_loss(model, batch, key, stage, cfg, lut, condition: str = "dropout", text=None):
+def hybrid_loss(model, batch, key, stage, cfg, lut, condition: str = "dropout", text=None, boundary=None):
     """Loss of one stage on a batch (see the module doc); `stage` may be traced. Same contract
-    as `train.step.stage_loss`: (loss, aux with ce, acc, ce_ar, ce_nar, acc_nar, ...)."""
+    as `train.step.stage_loss`: (loss, aux with ce, acc, ce_ar, ce_nar, acc_nar, ...).
+    boundary: a fixed prefix boundary (frames, an int or [B]) instead of a random one per example."""
     codes = batch["codes"]
     b, _, t = codes.shape
     lm_cfg = model.lm.config
     k_boundary, k_rate, k_mask, k_cfg = jax.random.split(key, 4)
-    boundary = jax.random.randint(k_boundary, (b,), 0, t)
+    if boundary is None:
+        boundary = jax.random.randint(k_boundary, (b,), 0, t)
+    boundary = jnp.broadcast_to(jnp.asarray(boundary, jnp.int32), (b,))
     rates = get_schedule(cfg.masking.schedule)(jax.random.uniform(k_rate, (b,)))
     span = span_mask(k_mask, rates, t, cfg.masking.span_len, lut)
     inputs, prefix, staged = hybrid_inputs(codes, boundary, stage, span, lm_cfg.codebook_delays, lm_cfg.mask_id)

@@ -133,17 +133,20 @@ def make_eval_step(cfg: Config, graphdef, text_encoder=None):
         model = nnx.merge(graphdef, params)
         text = encode_text(text_encoder, frozen, batch)
         out = {"ce_per_stage": [], "acc_per_stage": [], "ce_per_stage_null_text": []}
-        if hybrid:
-            out["ce_prefix"] = []  # the autoregressive part's CE, under each stage's draw
+        # Hybrid-MAGNeT: the masked stages with no prefix (MAGNeT's task), the autoregressive part
+        # over the whole clip (every query before the boundary).
+        fixed = dict(boundary=0) if hybrid else {}
         for stage in range(cfg.lm.n_q):
             k = jax.random.fold_in(key, stage)
-            _, aux = objective(model, batch, k, stage, cfg, lut, condition="text", text=text)
-            _, null = objective(model, batch, k, stage, cfg, lut, condition="null", text=text)
+            _, aux = objective(model, batch, k, stage, cfg, lut, condition="text", text=text, **fixed)
+            _, null = objective(model, batch, k, stage, cfg, lut, condition="null", text=text, **fixed)
             out["ce_per_stage"].append(aux.get("ce_nar", aux["ce"]))
             out["acc_per_stage"].append(aux.get("acc_nar", aux["acc"]))
             out["ce_per_stage_null_text"].append(null.get("ce_nar", null["ce"]))
-            if hybrid:
-                out["ce_prefix"].append(aux["ce_ar"])
+        if hybrid:
+            _, aux = objective(model, batch, key, 0, cfg, lut, condition="text", text=text,
+                               boundary=batch["codes"].shape[-1] + max(cfg.lm.codebook_delays))
+            out["ce_prefix"] = [aux["ce_ar"]]
         return {k: jnp.stack(v) for k, v in out.items()}
 
     return eval_step
