@@ -97,8 +97,9 @@ def test_a_short_hybrid_run_learns_both_parts(tmp_path):
     from magnet_jax.train.trainer import train
 
     cfg = load_config("configs/quickstart.py", [
-        f"train.workdir={tmp_path / 'hybrid'}", "train.num_steps=240", "train.eval_every=120", "train.log_every=40",
-        "train.checkpoint_every=240", "optim.warmup_steps=30", "lm.kind=hybrid", "lm.codebook_delays=(0,1,2,3)"])
+        f"train.workdir={tmp_path / 'hybrid'}", "train.num_steps=160", "train.eval_every=160", "train.log_every=40",
+        "train.checkpoint_every=160", "optim.warmup_steps=30", "lm.kind=hybrid", "lm.codebook_delays=(0,1,2,3)",
+        "decode.decoding_steps=(8,4,4,4)", "decode.query_buckets=2"])  # fewer steps and branches: compiles faster
     result = train(cfg, progress=False)
     uni = np.mean(result.baselines["unigram_nats"])
     ev = result.last_eval
