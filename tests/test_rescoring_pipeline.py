@@ -78,6 +78,7 @@ def test_cli_generate_with_a_rescorer(folders, tmp_path, capsys):
         (["--model", str(magnet_dir), "--rescorer", str(musicgen_dir), "--rescore-weight", "2"],
          "rescore_weight must be in [0, 1]"),
         (["--model", str(musicgen_dir), "--rescorer", str(musicgen_dir)], "rescoring applies to MAGNeT"),
+        (["--model", str(magnet_dir), "--hybrid-prefix", "0.1"], "hybrid_prefix applies to Hybrid-MAGNeT"),
     ]
     for flags, message in cases:
         assert main(["generate", "rain", *flags, *common, "--out", str(out)]) == 2, flags
