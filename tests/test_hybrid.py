@@ -14,11 +14,11 @@ from magnet_jax.config_io import load_config
 from magnet_jax.decode.autoregressive import ARKnobs, ARSampler, ARSettings
 from magnet_jax.decode.delay_pattern import to_pattern
 from magnet_jax.decode.hybrid import HybridSampler, HybridSettings
-from magnet_jax.decode.rescoring import frame_logits
+from magnet_jax.decode.rescoring import frame_logits, frame_logits_of
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 from magnet_jax.models.magnet_lm import MagnetLM
 from magnet_jax.nn.attention import hybrid_attention_mask
-from magnet_jax.train.hybrid import frame_logits_of, hybrid_inputs
+from magnet_jax.train.hybrid import hybrid_inputs
 
 CFG = LMConfig(n_q=4, card=32, dim=32, num_heads=4, num_layers=2, subcodes_context=2, kind="hybrid",
                codebook_delays=(0, 1, 2, 3))
@@ -108,3 +108,28 @@ def test_a_short_hybrid_run_learns_both_parts(tmp_path):
     codes, agreement = sample_synthetic_captions(cfg, result.graphdef, result.state.params, result.data,
                                                  ["slow jazz with piano", "fast rock with bass"])
     assert codes.shape[:2] == (2, 4) and agreement[1:].mean() > 0.1, agreement  # chance: 1/128
+
+
+def test_held_out_evaluation_fixes_the_boundaries():
+    """The autoregressive part is scored over the whole clip (nothing random left: any key gives the
+    same CE) and equals the teacher-forced CE of the causal twin; the stages are scored with no prefix."""
+    from magnet_jax.models.magnet_model import MagnetModel
+    from magnet_jax.train.hybrid import hybrid_loss
+    from magnet_jax.train.step import make_eval_step
+
+    cfg = load_config("configs/tiny.py", ["lm.kind=hybrid", "lm.codebook_delays=(0,1,2,3)"])
+    model = MagnetModel(cfg, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    t = cfg.data.num_frames
+    batch = {"codes": jax.random.randint(jax.random.key(1), (2, 4, t), 0, cfg.lm.card),
+             "text_ids": jax.random.randint(jax.random.key(2), (2, 6), 1, cfg.conditioner.vocab_size),
+             "text_mask": jnp.ones((2, 6), jnp.int32)}
+    evaluate = jax.jit(make_eval_step(cfg, graphdef))
+    a, b = evaluate(params, batch, jax.random.key(3)), evaluate(params, batch, jax.random.key(4))
+    np.testing.assert_allclose(np.asarray(a["ce_prefix"]), np.asarray(b["ce_prefix"]), rtol=1e-6)
+    from magnet_jax.masking import mask_rate_to_span_starts_lut
+
+    lut = mask_rate_to_span_starts_lut(t, cfg.masking.span_len)
+    _, aux = hybrid_loss(model, batch, jax.random.fold_in(jax.random.key(3), 2), 2, cfg, lut, condition="text",
+                         boundary=0)
+    np.testing.assert_allclose(float(a["ce_per_stage"][2]), float(aux["ce_nar"]), rtol=1e-5)

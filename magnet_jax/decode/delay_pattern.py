@@ -16,6 +16,11 @@ def sequence_steps(length: int, delays: Sequence[int]) -> int:
     return length + max(delays) + 1
 
 
+def predicting_steps(length: int, delays: Sequence[int]) -> np.ndarray:
+    """int [K, T]: the step whose output predicts frame t of codebook k (the step before its cell)."""
+    return np.arange(length)[None, :] + np.asarray(delays)[:, None]
+
+
 def frame_of_cell(length: int, delays: Sequence[int]) -> np.ndarray:
     """int [K, S]: the frame each cell holds, or -1 where it holds the special token."""
     s = np.arange(sequence_steps(length, delays))

@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from magnet_jax.decode.autoregressive import ARKnobs, ARSampler, ARSettings
-from magnet_jax.decode.delay_pattern import sequence_steps, to_pattern
+from magnet_jax.decode.delay_pattern import predicting_steps, sequence_steps, to_pattern
 from magnet_jax.decode.sampler import output_length
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 from magnet_jax.decode.stage import StageTables, StepModel, decode_step, initial_stage_state, step_key
@@ -68,10 +68,9 @@ class HybridSampler:
         """MAGNeT's step model over the pattern: the whole forward in `prefix`, the head at the
         asked positions (guidance mixed into the hidden state: the head is affine)."""
         c = self.config
-        delays = np.asarray(c.codebook_delays)
         steps = sequence_steps(length, c.codebook_delays)
         mask = hybrid_attention_mask(jnp.asarray([prefix]), steps, stage, c.subcodes_context)[0, 0]
-        frame_steps = np.arange(length) + delays[stage]
+        frame_steps = predicting_steps(length, c.codebook_delays)[stage]
         two = guided and cross is not None
 
         def forward(codes):

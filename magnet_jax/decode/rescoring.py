@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from magnet_jax.config import LMConfig
-from magnet_jax.decode.delay_pattern import to_pattern
+from magnet_jax.decode.delay_pattern import predicting_steps, to_pattern
 
 DEFAULT_RESCORE_WEIGHT = 0.5  # the paper gives no value; Eq. 5 and its Fig. 4 agree at 0.5
 
@@ -55,8 +54,10 @@ def _pattern_hidden(lm, codes, condition, condition_mask, cross_kv=None):
                             cross_kv=cross_kv)
 
 
-def _frame_steps(c: LMConfig, length: int) -> np.ndarray:
-    return np.arange(length)[None, :] + np.asarray(c.codebook_delays)[:, None]  # [K, T]
+def frame_logits_of(lm, hidden: jnp.ndarray, length: int) -> jnp.ndarray:
+    """Pattern-step hidden states [B, S, D] -> fp32 logits [B, K, T, card] of every frame."""
+    steps = predicting_steps(length, lm.config.codebook_delays)
+    return jnp.stack([lm.logits(hidden[:, steps[k]], k) for k in range(lm.config.n_q)], axis=1)
 
 
 def frame_logits(lm, codes: jnp.ndarray, condition, condition_mask) -> jnp.ndarray:
@@ -66,9 +67,7 @@ def frame_logits(lm, codes: jnp.ndarray, condition, condition_mask) -> jnp.ndarr
     check_causal(c)
     if codes.ndim != 3 or codes.shape[1] != c.n_q:
         raise ValueError(f"codes must be [B, K={c.n_q}, T], got shape {codes.shape}")
-    hidden = _pattern_hidden(lm, codes, condition, condition_mask)  # [B, S, D]
-    steps = _frame_steps(c, codes.shape[-1])
-    return jnp.stack([lm.logits(hidden[:, steps[k]], k) for k in range(c.n_q)], axis=1)
+    return frame_logits_of(lm, _pattern_hidden(lm, codes, condition, condition_mask), codes.shape[-1])
 
 
 def token_probabilities(lm, codes: jnp.ndarray, condition, condition_mask, stage: int, *,
@@ -79,7 +78,7 @@ def token_probabilities(lm, codes: jnp.ndarray, condition, condition_mask, stage
     generation (`lm.cross_key_values(condition)`), instead of `condition`."""
     c = lm.config
     hidden = _pattern_hidden(lm, codes, condition, condition_mask, cross_kv)
-    logits = lm.logits(hidden[:, _frame_steps(c, codes.shape[-1])[stage]], stage)  # [B, T, card]
+    logits = lm.logits(hidden[:, predicting_steps(codes.shape[-1], c.codebook_delays)[stage]], stage)  # [B, T, card]
     probs = jax.nn.softmax(logits, axis=-1)
     tokens = jnp.clip(codes[:, stage], 0, c.card - 1).astype(jnp.int32)
     return jnp.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]

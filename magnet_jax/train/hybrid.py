@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from magnet_jax.decode.delay_pattern import to_pattern
+from magnet_jax.decode.rescoring import frame_logits_of
 from magnet_jax.masking import get_schedule, span_mask
 from magnet_jax.nn.attention import hybrid_attention_mask
 from magnet_jax.train.step import condition_keep, masked_cross_entropy
@@ -38,13 +38,6 @@ def hybrid_inputs(codes: jnp.ndarray, boundary: jnp.ndarray, stage, span: jnp.nd
     staged = (k == stage) & span[:, None, :] & ~prefix
     hidden = ~prefix & ((k > stage) | staged)
     return jnp.where(hidden, mask_id, codes), prefix, staged
-
-
-def frame_logits_of(lm, hidden: jnp.ndarray, length: int) -> jnp.ndarray:
-    """Pattern-step hidden states [B, S, D] -> fp32 logits [B, K, T, card] of every frame (the
-    output at step t + delay_k predicts frame t of codebook k)."""
-    delays = np.asarray(lm.config.codebook_delays)
-    return jnp.stack([lm.logits(hidden[:, np.arange(length) + delays[k]], k) for k in range(len(delays))], axis=1)
 
 
 def hybrid_loss(model, batch, key, stage, cfg, lut, condition: str = "dropout", text=None, boundary=None):
