@@ -132,6 +132,9 @@ class TrainConfig:
     log_every: int = 50
     eval_every: int = 1000
     eval_batches: int = 2
+    # The config-independent evaluation (eval/token_metrics.py) runs at the end of training, and
+    # every this many steps when > 0.
+    protocol_eval_every: int = 0
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
     async_checkpointing: bool = True

@@ -29,6 +29,12 @@ def test_short_quickstart_run_learns_and_writes_artifacts(tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "qs" / "tensorboard"))
     assert os.path.getsize(result.plot_path) > 10_000
     assert sorted(os.listdir(tmp_path / "qs" / "checkpoints")) == ["120", "240"]
+    # The config-independent evaluation ran at the end: logged, and written beside the run.
+    protocol = [r for r in rows if r["kind"] == "protocol"]
+    saved = json.load(open(tmp_path / "qs" / "eval_protocol.json"))
+    assert [r["step"] for r in protocol] == [240] and saved["step"] == 240
+    assert saved["ce_cosine"] == pytest.approx(protocol[0]["ce_cosine"]) == pytest.approx(result.protocol_eval["ce_cosine"])
+    assert saved["ce_cosine"] < uni - 1.0 and np.shape(saved["ce"]) == (4, 5)
     # The trained model samples codes that follow the data's cross-stage rule far above chance.
     codes, agreement = sample_synthetic_captions(cfg, result.graphdef, result.state.params, result.data,
                                                  ["slow jazz with piano", "fast rock with bass"])

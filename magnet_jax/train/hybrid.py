@@ -40,10 +40,12 @@ def hybrid_inputs(codes: jnp.ndarray, boundary: jnp.ndarray, stage, span: jnp.nd
     return jnp.where(hidden, mask_id, codes), prefix, staged
 
 
-def hybrid_loss(model, batch, key, stage, cfg, lut, condition: str = "dropout", text=None, boundary=None):
+def hybrid_loss(model, batch, key, stage, cfg, lut, condition: str = "dropout", text=None, boundary=None,
+                span=None):
     """Loss of one stage on a batch (see the module doc); `stage` may be traced. Same contract
     as `train.step.stage_loss`: (loss, aux with ce, acc, ce_ar, ce_nar, acc_nar, ...).
-    boundary: a fixed prefix boundary (frames, an int or [B]) instead of a random one per example."""
+    boundary: a fixed prefix boundary (frames, an int or [B]) instead of a random one per example.
+    span: a given span mask bool [B, T] instead of a drawn one (as in `stage_loss`)."""
     codes = batch["codes"]
     b, _, t = codes.shape
     lm_cfg = model.lm.config
@@ -51,8 +53,9 @@ def hybrid_loss(model, batch, key, stage, cfg, lut, condition: str = "dropout", 
     if boundary is None:
         boundary = jax.random.randint(k_boundary, (b,), 0, t)
     boundary = jnp.broadcast_to(jnp.asarray(boundary, jnp.int32), (b,))
-    rates = get_schedule(cfg.masking.schedule)(jax.random.uniform(k_rate, (b,)))
-    span = span_mask(k_mask, rates, t, cfg.masking.span_len, lut)
+    if span is None:
+        rates = get_schedule(cfg.masking.schedule)(jax.random.uniform(k_rate, (b,)))
+        span = span_mask(k_mask, rates, t, cfg.masking.span_len, lut)
     inputs, prefix, staged = hybrid_inputs(codes, boundary, stage, span, lm_cfg.codebook_delays, lm_cfg.mask_id)
     if "padding_mask" in batch:
         valid = batch["padding_mask"].astype(bool)[:, None, :]

@@ -47,18 +47,21 @@ def condition_keep(condition: str, key, batch: int, cfg: Config) -> jnp.ndarray:
     raise ValueError(f"condition must be 'dropout', 'text' or 'null', got {condition!r}")
 
 
-def stage_loss(model, batch, key, stage, cfg: Config, lut, condition: str = "dropout", text=None):
+def stage_loss(model, batch, key, stage, cfg: Config, lut, condition: str = "dropout", text=None, span=None):
     """Loss of one stage on a batch. `stage` may be traced. Returns (loss, aux dict).
 
     condition: 'dropout' (training: CFG dropout), 'text' (always conditioned) or 'null'
     (always the null condition: what the model knows without the caption).
     text: the conditioner's input when not `batch["text_ids"]` (the frozen T5's hidden states).
+    span: a given span mask bool [B, T] instead of one drawn from the config's schedule and span length
+    (the config-independent evaluation, eval/token_metrics.py).
     """
     codes = batch["codes"]
     b, _, t = codes.shape
     k_rate, k_mask, k_cfg = jax.random.split(key, 3)
-    rates = get_schedule(cfg.masking.schedule)(jax.random.uniform(k_rate, (b,)))
-    span = span_mask(k_mask, rates, t, cfg.masking.span_len, lut)
+    if span is None:
+        rates = get_schedule(cfg.masking.schedule)(jax.random.uniform(k_rate, (b,)))
+        span = span_mask(k_mask, rates, t, cfg.masking.span_len, lut)
     inputs, loss_mask = build_inputs(codes, stage, span, cfg.lm.mask_id)
     if "padding_mask" in batch:
         loss_mask = loss_mask & batch["padding_mask"].astype(bool)

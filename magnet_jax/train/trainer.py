@@ -8,6 +8,7 @@ interrupted.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -19,6 +20,8 @@ import numpy as np
 
 from magnet_jax.config import Config
 from magnet_jax.config_io import format_config
+from magnet_jax.eval.token_metrics import PROTOCOL, format_summary, make_protocol_eval_step, protocol_batches
+from magnet_jax.eval.token_metrics import evaluate as evaluate_protocol
 from magnet_jax.parallel.distributed import barrier, gather_to_process_zero
 from magnet_jax.parallel.logical import axis_rules
 from magnet_jax.parallel.mesh import batch_axis_size, data_sharding, make_mesh
@@ -47,6 +50,7 @@ class TrainResult:
     graphdef: Any = None
     data: Any = None
     preempted: bool = False  # stopped early by SIGTERM, with a checkpoint
+    protocol_eval: Optional[Dict[str, Any]] = None  # the config-independent evaluation (eval/token_metrics.py)
 
 
 def make_data_source(cfg: Config):
@@ -255,6 +259,14 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
             lock.release()
 
 
+def write_json_atomically(path: str, obj) -> None:
+    """`path` holds either its old content or the whole new one, never a half-written file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
 def _has_results(workdir: str) -> bool:
     """Whether a run wrote anything worth keeping in `workdir` (metrics or a checkpoint)."""
     ckpts = os.path.join(workdir, "checkpoints")
@@ -322,13 +334,25 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
             outs = jax.device_get(outs)
             return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
 
+        protocol_host, protocol_examples = protocol_batches(data, g)
+        protocol_global = [to_global(process_slice(b, pidx, pcount), mesh, rules, g) for b in protocol_host]
+        protocol_fn = jax.jit(make_protocol_eval_step(cfg, graphdef, PROTOCOL, text_encoder))
+
+        def evaluate_by_protocol(step, params):
+            result = evaluate_protocol(protocol_fn, params, protocol_global, protocol_examples, frozen_args)
+            writer.write(step, "protocol", {k: result[k] for k in ("ce_cosine", "ce_cosine_per_stage", "acc_cosine",
+                                                                   "ce", "acc")})
+            log.info("step %d %s", step, format_summary(result).replace("\n", "\n  "))
+            return result
+
         writer = MetricsWriter(workdir, start_step=start)
         if writer.enabled and writer.dropped:
             log.info("metrics.jsonl: %d rows past step %d (written before the interruption; this run writes them "
                      "again) moved to metrics.dropped.jsonl", writer.dropped, start)
         end = tcfg.num_steps if stop_after is None else min(tcfg.num_steps, start + stop_after)
         bar = StepProgress(tcfg.num_steps, start, f"train {cfg.name}", enabled=progress and jax.process_index() == 0)
-        window, last_train, last_eval = [], None, None
+        window, last_train, last_eval, last_protocol = [], None, None, None
+        protocol_every = tcfg.protocol_eval_every
         batch = first
         preempted = False
         barrier("magnet_jax train start")  # the processes compiled at their own pace
@@ -360,6 +384,9 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
                     if "ce_prefix" in last_eval:  # Hybrid-MAGNeT's autoregressive part
                         log.info("step %d eval ce of the autoregressive prefix %.3f", done,
                                  float(np.mean(last_eval["ce_prefix"])))
+                if done == tcfg.num_steps or (protocol_every > 0 and done % protocol_every == 0):
+                    with bar.paused():
+                        last_protocol = evaluate_by_protocol(done, state.params)
                 if save_now:
                     ckpt.save(done, state, cfg, {"data_step": done, "seed": tcfg.seed, **reader.state_at(done)},
                               force=done == end or preempted)
@@ -371,6 +398,10 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
             bar.finish_pending()
             if last_eval is None and not preempted:  # nothing left to train (resumed at the end): still report
                 last_eval = evaluate(state.params)
+            if last_protocol is None and end == tcfg.num_steps and not preempted:
+                last_protocol = evaluate_by_protocol(end, state.params)
+            if last_protocol is not None and end == tcfg.num_steps and jax.process_index() == 0:
+                write_json_atomically(os.path.join(workdir, "eval_protocol.json"), dict(last_protocol, step=end))
         finally:
             try:
                 bar.close()
@@ -385,4 +416,4 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
         barrier("magnet_jax train end")  # process 0 plotted alone
         return TrainResult(state=state, step=end, last_train=last_train, last_eval=last_eval,
                            baselines=baselines, workdir=workdir, plot_path=plot_path, graphdef=graphdef, data=data,
-                           preempted=preempted)
+                           preempted=preempted, protocol_eval=last_protocol)
