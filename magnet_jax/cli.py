@@ -4,6 +4,8 @@
     magnet-jax generate "80s disco with a funky bass" --model facebook/magnet-small-10secs --out disco.wav
     magnet-jax convert facebook/magnet-small-10secs
     magnet-jax tokenize --source songs.jsonl --codec facebook/encodec_32khz --out data/ --name songs
+    magnet-jax eval --model runs/quickstart
+    magnet-jax sweep --config configs/ablations/masking_schedules.py --workdir runs/ablation
 """
 from __future__ import annotations
 
@@ -113,11 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="python config file with get_config(), e.g. configs/quickstart.py")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
-    from magnet_jax import cli_compile, cli_data, cli_generate
+    from magnet_jax import cli_compile, cli_data, cli_eval, cli_generate
 
     cli_generate.add_commands(sub)
     cli_data.add_commands(sub)
     cli_compile.add_commands(sub)
+    cli_eval.add_commands(sub)
     for verb in sub.choices.values():
         _add_process_args(verb)
     return parser

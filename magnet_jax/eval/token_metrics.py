@@ -128,6 +128,19 @@ def evaluate(eval_fn, params, batches, examples: int, frozen_args=(), protocol: 
     return dict(summary, examples=int(examples))
 
 
+def protocol_evaluator(cfg: Config, graphdef, data, mesh, text_encoder=None, protocol: Protocol = PROTOCOL):
+    """`(params, *frozen) -> summary` on the held-out examples of `data`, batched at the run's
+    global batch size over `mesh` (every process calls it in a multi-process job)."""
+    from magnet_jax.train.trainer import process_slice, to_global
+
+    g, rules = cfg.train.global_batch_size, cfg.mesh.rules
+    host, n = protocol_batches(data, g, protocol)
+    pidx, pcount = jax.process_index(), jax.process_count()
+    batches = [to_global(process_slice(b, pidx, pcount), mesh, rules, g) for b in host]
+    fn = jax.jit(make_protocol_eval_step(cfg, graphdef, protocol, text_encoder))
+    return lambda params, *frozen: evaluate(fn, params, batches, n, frozen, protocol)
+
+
 def summarise(sums: Dict[str, np.ndarray], protocol: Protocol = PROTOCOL) -> Dict[str, object]:
     """Totals over all batches -> per stage x rate CE and accuracy, and the cosine-averaged CE."""
     count = np.maximum(np.asarray(sums["count"], np.float64), 1.0)

@@ -20,8 +20,7 @@ import numpy as np
 
 from magnet_jax.config import Config
 from magnet_jax.config_io import format_config
-from magnet_jax.eval.token_metrics import PROTOCOL, format_summary, make_protocol_eval_step, protocol_batches
-from magnet_jax.eval.token_metrics import evaluate as evaluate_protocol
+from magnet_jax.eval.token_metrics import format_summary, protocol_evaluator
 from magnet_jax.parallel.distributed import barrier, gather_to_process_zero
 from magnet_jax.parallel.logical import axis_rules
 from magnet_jax.parallel.mesh import batch_axis_size, data_sharding, make_mesh
@@ -227,12 +226,14 @@ def compile_train_step(cfg, graphdef, tx, schedule, shardings, example_batch, me
     return jax.jit(step_fn, in_shardings=ins, out_shardings=(shardings, replicated), donate_argnums=0)
 
 
-def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = None, plot: Optional[bool] = None
-          ) -> TrainResult:
+def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = None, plot: Optional[bool] = None,
+          devices=None) -> TrainResult:
     """Trains `cfg` (resuming from `train.workdir` if it holds checkpoints).
 
     stop_after: stop (with a checkpoint) after this many steps of this run -- simulates an
     interruption in tests and lets jobs run in bounded slices.
+    devices: the devices of the run's mesh (default: all); a sweep trains several points at once
+    on disjoint groups of devices.
 
     One run per workdir: process 0 locks it (a second run is refused, naming the first). A
     workdir this call created is removed again if the run fails before writing anything in it.
@@ -247,7 +248,7 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
     try:
         if lock is not None:
             lock.acquire()
-        return _train(cfg, workdir, progress, stop_after, plot, watch)
+        return _train(cfg, workdir, progress, stop_after, plot, watch, devices)
     except BaseException:
         if created and jax.process_index() == 0 and not _has_results(workdir):
             lock.release()
@@ -274,9 +275,9 @@ def _has_results(workdir: str) -> bool:
 
 
 def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int], plot: Optional[bool],
-           watch: PreemptionWatch) -> TrainResult:
+           watch: PreemptionWatch, devices=None) -> TrainResult:
     tcfg = cfg.train
-    mesh = make_mesh(cfg.mesh)
+    mesh = make_mesh(cfg.mesh, devices)
     rules = cfg.mesh.rules
     data = make_data_source(cfg)
     baselines = data_baselines(data, tcfg.eval_batches, tcfg.global_batch_size)
@@ -334,12 +335,10 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
             outs = jax.device_get(outs)
             return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
 
-        protocol_host, protocol_examples = protocol_batches(data, g)
-        protocol_global = [to_global(process_slice(b, pidx, pcount), mesh, rules, g) for b in protocol_host]
-        protocol_fn = jax.jit(make_protocol_eval_step(cfg, graphdef, PROTOCOL, text_encoder))
+        protocol_eval = protocol_evaluator(cfg, graphdef, data, mesh, text_encoder)
 
         def evaluate_by_protocol(step, params):
-            result = evaluate_protocol(protocol_fn, params, protocol_global, protocol_examples, frozen_args)
+            result = protocol_eval(params, *frozen_args)
             writer.write(step, "protocol", {k: result[k] for k in ("ce_cosine", "ce_cosine_per_stage", "acc_cosine",
                                                                    "ce", "acc")})
             log.info("step %d %s", step, format_summary(result).replace("\n", "\n  "))

@@ -1,0 +1,114 @@
+"""`magnet-jax sweep`: a small grid end to end, resuming, refusals, and concurrent points."""
+import csv
+import json
+import os
+
+import pytest
+
+from magnet_jax.cli import main
+from magnet_jax.eval import sweep as sw
+
+SWEEP = '''
+from magnet_jax.eval.sweep import Sweep
+
+def get_sweep():
+    return Sweep(base_config="{base}", overrides=("train.log_every=5", "train.eval_every=1000", "optim.ema_decay=0.0"),
+                 grid={grid}, token_budget=6 * 8 * 30 * 4,
+                 decoding_grid={{"temperature": [3.0, 1.0], "decoding_steps": [(2, 1, 1, 1)]}},
+                 captions=("slow jazz with piano", "fast rock with bass"))
+'''
+GRID = {"masking.span_len": [1, 3], "lm.subcodes_context": [2]}
+
+
+def write_sweep(tmp_path, grid=GRID, name="grid.py"):
+    path = tmp_path / name
+    path.write_text(SWEEP.format(base=os.path.abspath("configs/tiny.py"), grid=repr(grid)))
+    return str(path)
+
+
+def test_a_grid_trains_every_point_to_the_budget_and_writes_the_table(tmp_path, capsys, monkeypatch):
+    path, out = write_sweep(tmp_path), tmp_path / "sweep"
+    assert main(["sweep", "--config", path, "--workdir", str(out), "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 2 * 2  # points x decoding settings
+    assert {r["steps"] for r in rows} == {"6"}  # the budget: 6 steps of 8 clips of 30 frames x 4 codebooks
+    assert sorted({r["masking.span_len"] for r in rows}) == ["1", "3"]
+    assert {r["decode.temperature"] for r in rows} == {"3", "1"}
+    table = (out / "results.md").read_text()
+    assert "| masking.span_len \\ lm.subcodes_context | 2 |" in table and "(not run yet)" not in table
+    assert os.path.getsize(out / "results.png") > 10_000
+    first = out / "points" / "span_len=1,subcodes_context=2"
+    result = json.load(open(first / "result.json"))
+    assert result["protocol"]["protocol"] == "masked-ce-v1" and len(result["decoding"]) == 2
+    assert json.load(open(first / "eval_protocol.json"))["ce_cosine"] == result["protocol"]["ce_cosine"]
+    assert "2 points" in capsys.readouterr().out
+
+    # A rerun skips the finished points; a point without its result is run again (it resumes).
+    os.remove(out / "points" / "span_len=3,subcodes_context=2" / "result.json")
+    trained = []
+    monkeypatch.setattr(sw, "run_point", lambda p, *a, **k: trained.append(p.name) or result)
+    sw.run_sweep(path, str(out), progress=False)
+    assert trained == ["span_len=3,subcodes_context=2"]
+
+
+def test_decoding_knobs_reuse_one_compiled_program():
+    """Temperature x CFG coefficient x top-p (traced knobs): one sampler program for all 8."""
+    import types
+
+    from magnet_jax.config_io import load_config
+    from magnet_jax.train.samples import TextSampler
+    from magnet_jax.train.state import init_params, model_graphdef
+    from magnet_jax.train.trainer import make_data_source
+
+    cfg = load_config("configs/tiny.py")
+    result = types.SimpleNamespace(state=types.SimpleNamespace(params=init_params(cfg, 0), ema_params=None),
+                                   graphdef=model_graphdef(cfg), data=make_data_source(cfg))
+    made = []
+    orig_init = TextSampler.__init__
+
+    def spy(self, *a, **k):
+        orig_init(self, *a, **k)
+        made.append(self)
+
+    TextSampler.__init__ = spy
+    try:
+        sweep = sw.Sweep(base_config="configs/tiny.py", grid={"masking.schedule": ["cosine"]},
+                         decoding_grid={"temperature": [3.0, 1.0], "max_cfg_coef": [10.0, 3.0], "top_p": [0.0, 0.9],
+                                        "decoding_steps": [(2, 1, 1, 1)]},
+                         captions=("slow jazz with piano",))
+        rows = sw.score_decoding(cfg, result, sw.expand_decoding(sweep, cfg), sweep)
+    finally:
+        TextSampler.__init__ = orig_init
+    assert len(rows) == 8 and len(made) == 1
+    assert made[0].sampler._generate_jit._cache_size() == 1
+
+
+def test_bad_grids_are_refused_before_anything_trains(tmp_path):
+    bad = write_sweep(tmp_path, {"masking.shedule": ["cosine"]}, "bad.py")
+    with pytest.raises(ValueError, match=r"masking.shedule.*Did you mean 'masking.schedule'"):
+        sw.run_sweep(bad, str(tmp_path / "a"), progress=False)
+    assert not (tmp_path / "a").exists()
+    bad_value = write_sweep(tmp_path, {"masking.span_len": [0]}, "bad_value.py")
+    with pytest.raises(ValueError, match="span_len"):
+        sw.run_sweep(bad_value, str(tmp_path / "b"), progress=False)
+    with pytest.raises(ValueError, match="unknown decoding key 'temprature'"):
+        sw.expand_decoding(sw.Sweep(base_config="x", grid={"a": [1]}, decoding_grid={"temprature": [1.0]}), None)
+    with pytest.raises(ValueError, match="non-empty list"):
+        sw.Sweep(base_config="x", grid={"masking.schedule": "cosine"})
+
+
+def test_a_folder_of_another_grid_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "sweep"
+    sw.claim_directory(str(out), {"grid": 1}, overwrite=False)
+    (out / "keep.txt").write_text("results of the first grid")
+    sw.claim_directory(str(out), {"grid": 1}, overwrite=False)  # the same grid: resumes
+    with pytest.raises(ValueError, match="another grid.*--overwrite"):
+        sw.claim_directory(str(out), {"grid": 2}, overwrite=False)
+    sw.claim_directory(str(out), {"grid": 2}, overwrite=True)
+    assert (tmp_path / "sweep.replaced" / "keep.txt").read_text() == "results of the first grid"  # set aside
+    assert json.load(open(out / "sweep.json")) == {"grid": 2}
+    other = tmp_path / "not_a_sweep"
+    other.mkdir()
+    (other / "x").write_text("x")
+    with pytest.raises(ValueError, match="not a sweep"):
+        sw.claim_directory(str(other), {"grid": 1}, overwrite=False)
