@@ -25,7 +25,24 @@ def add_commands(sub) -> None:
     g.add_argument("--batch-size", type=int, default=0, help="prompts per generation call (0: all at once)")
     g.add_argument("--generation-defaults", choices=("checkpoint", "audiocraft"), default="checkpoint",
                    help="decoding defaults: the checkpoint's generate.lm, or audiocraft's MAGNeT API ones")
-    knobs = g.add_argument_group("decoding (defaults from the model)")
+    decoding_args(g)
+    out = g.add_argument_group("output")
+    out.add_argument("--strategy", choices=("loudness", "peak", "rms", "clip"), default="loudness",
+                     help="normalisation of the written audio (audiocraft's audio_write strategies)")
+    out.add_argument("--loudness-headroom-db", type=float, default=14.0, help="target loudness: -headroom LUFS")
+    out.add_argument("--no-progress", action="store_true")
+    g.set_defaults(func=run_generate)
+
+    c = sub.add_parser("convert", help="convert a pretrained checkpoint once (cached for fast loads)",
+                       description="Convert audiocraft/Hugging Face weights to JAX and cache them (Orbax).")
+    c.add_argument("model", help="hub name (facebook/magnet-small-10secs, ...) or a local folder")
+    _model_args(c, with_model=False)
+    c.set_defaults(func=run_convert)
+
+
+def decoding_args(p) -> None:
+    """The decoding flags of `generate` (and of `eval`, which generates): see `_overrides`."""
+    knobs = p.add_argument_group("decoding (defaults from the model)")
     knobs.add_argument("--decoding-steps", type=int, nargs="+", help="steps per codebook, e.g. 20 10 10 10")
     knobs.add_argument("--temperature", type=float)
     knobs.add_argument("--top-p", type=float)
@@ -43,18 +60,6 @@ def add_commands(sub) -> None:
                        help="MusicGen hub name or local folder that rescores each step's candidate (Eq. 5; MAGNeT only)")
     knobs.add_argument("--rescore-weight", type=float,
                        help="MAGNeT's share w of the mixed confidence w*p_magnet + (1-w)*p_rescorer (default 0.5)")
-    out = g.add_argument_group("output")
-    out.add_argument("--strategy", choices=("loudness", "peak", "rms", "clip"), default="loudness",
-                     help="normalisation of the written audio (audiocraft's audio_write strategies)")
-    out.add_argument("--loudness-headroom-db", type=float, default=14.0, help="target loudness: -headroom LUFS")
-    out.add_argument("--no-progress", action="store_true")
-    g.set_defaults(func=run_generate)
-
-    c = sub.add_parser("convert", help="convert a pretrained checkpoint once (cached for fast loads)",
-                       description="Convert audiocraft/Hugging Face weights to JAX and cache them (Orbax).")
-    c.add_argument("model", help="hub name (facebook/magnet-small-10secs, ...) or a local folder")
-    _model_args(c, with_model=False)
-    c.set_defaults(func=run_convert)
 
 
 def _model_args(p, with_model: bool = True) -> None:

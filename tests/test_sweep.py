@@ -112,3 +112,22 @@ def test_a_folder_of_another_grid_is_refused_unless_overwrite(tmp_path):
     (other / "x").write_text("x")
     with pytest.raises(ValueError, match="not a sweep"):
         sw.claim_directory(str(other), {"grid": 1}, overwrite=False)
+
+
+def test_concurrent_points_give_the_numbers_of_sequential_runs(tmp_path):
+    """Two points at once, each on 4 of the 8 (fake) devices, against one after the other on all 8."""
+    import jax
+    import numpy as np
+
+    assert len(jax.devices()) == 8  # tests/conftest.py
+    path = write_sweep(tmp_path, {"masking.span_len": [1, 3]})
+    sequential = sw.run_sweep(path, str(tmp_path / "seq"), progress=False)
+    concurrent = sw.run_sweep(path, str(tmp_path / "con"), progress=False, concurrent=2)
+    assert [r["name"] for r in concurrent] == [r["name"] for r in sequential]
+    for a, b in zip(sequential, concurrent):
+        np.testing.assert_allclose(b["protocol"]["ce"], a["protocol"]["ce"], rtol=1e-4)
+        losses = [[r["loss"] for r in map(json.loads, open(d / "points" / a["name"] / "metrics.jsonl"))
+                   if r["kind"] == "train"] for d in (tmp_path / "seq", tmp_path / "con")]
+        np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+    with pytest.raises(ValueError, match="divisor of the 8 devices"):
+        sw.device_groups(3)

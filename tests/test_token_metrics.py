@@ -91,3 +91,10 @@ def test_summary_weights_the_table():
 def test_bad_protocols_are_refused(bad):
     with pytest.raises(ValueError, match="protocol"):
         tm.Protocol(**bad)
+
+
+def test_hybrid_magnet_is_scored_on_magnets_task():
+    """A Hybrid-MAGNeT model: boundary 0 (no prefix), the same table as a MAGNeT model's."""
+    cfg = load_config("configs/tiny.py", ["lm.kind=hybrid", "lm.codebook_delays=(0,1,2,3)"])
+    summary, _ = _evaluate(cfg, protocol=tm.Protocol(examples=8))
+    assert np.shape(summary["ce"]) == (4, 5) and np.isfinite(summary["ce_cosine"])

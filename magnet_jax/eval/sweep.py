@@ -32,8 +32,8 @@ from magnet_jax.train.optimizer import make_optimizer
 log = logging.getLogger(__name__)
 
 SYNTHETIC_CAPTIONS = ("slow jazz with piano", "fast techno with synth and dark mood", "medium folk with guitar",
-                      "rapid metal with drums", "calm ambient with strings", "fast rock with bass",
-                      "slow blues with guitar and sad mood", "medium pop with piano and happy mood")
+                      "rapid metal with drums", "slow ambient with strings and calm mood", "fast rock with bass",
+                      "medium disco with organ and happy mood", "rapid lofi with flute and dreamy mood")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +237,17 @@ def score_decoding(cfg: Config, result, decoding: List[Dict[str, Any]], sweep: S
     return rows
 
 
+def _check_captions(cfg: Config, captions) -> None:
+    """The synthetic data scores captions of its own grammar: a bad one fails before training."""
+    from magnet_jax.train.trainer import make_data_source
+
+    try:
+        make_data_source(cfg).random_agreement(list(captions), cfg.data.num_frames, draws=1)
+    except (KeyError, ValueError, IndexError) as e:
+        raise ValueError(f"sweep captions {list(captions)}: not all follow the synthetic data's grammar "
+                         f"('<tempo> <genre> with <instrument> [and <mood> mood]'; unknown word {e})") from None
+
+
 def device_groups(concurrent: int, devices=None) -> List[list]:
     devices = list(jax.devices() if devices is None else devices)
     if concurrent > len(devices) or len(devices) % concurrent:
@@ -257,6 +268,8 @@ def run_sweep(path: str, workdir: str, *, overwrite: bool = False, progress: boo
     points = expand_points(sweep, folder, workdir)
     decoding = expand_decoding(sweep, points[0].cfg)
     groups = device_groups(sweep.concurrent)
+    if points[0].cfg.data.kind == "synthetic":
+        _check_captions(points[0].cfg, sweep.captions)
     if sweep.concurrent > 1 and jax.process_count() > 1:
         raise ValueError("concurrent points need a single-process job (each point takes a group of local devices)")
     claim_directory(workdir, sweep_spec(sweep, points, decoding), overwrite)

@@ -8,6 +8,10 @@ INSTALL = {
     "audiocraft": "pip install --no-deps audiocraft==1.3.0",
     "transformers": "pip install -e '.[test]'",
     "omegaconf": "pip install -e '.[test]'",
+    "torchvggish": "pip install --no-deps torchvggish==0.2",
+    "hear21passt": "pip install --no-deps hear21passt==0.0.26",
+    "laion_clap": "pip install --no-deps laion-clap==1.1.7 torchlibrosa==0.1.0",
+    "torchlibrosa": "pip install --no-deps laion-clap==1.1.7 torchlibrosa==0.1.0",
 }
 
 
