@@ -224,10 +224,14 @@ def test_converter_fails_loudly_on_missing_and_extra_tensors(world, tmp_path):
     ref.save_checkpoint(world["torch"], path, drop=("text_branch.pooler.dense.weight",))
     with pytest.raises(ConversionError, match=r"text_branch\.pooler\.dense\.weight"):
         load_clap(path, TINY)
-    # laion_clap's training checkpoints may hold numpy scalars beside the weights: a loud, actionable error
+    # laion_clap's training checkpoints may hold numpy numbers beside the weights: they load;
+    # a non-numeric numpy object gets a loud, actionable error
     path = tmp_path / "numpy_scalar.pt"
     ref.save_checkpoint(world["torch"], path)
-    torch.save({**torch.load(path, weights_only=False), "best_score": np.float32(0.9)}, path)
+    torch.save({**torch.load(path, weights_only=False), "best_score": np.float32(0.9), "epoch": np.int64(15)}, path)
+    np.testing.assert_array_equal(ClapScorer(load_clap(path, TINY)).text_embeddings_from_ids(*_ids()),
+                                  world["scorer"].text_embeddings_from_ids(*_ids()))
+    torch.save({**torch.load(path, weights_only=False), "name": np.str_("music")}, path)
     with pytest.raises(ConversionError, match=r"(?s)numpy.*keep only them"):
         load_clap(path, TINY)
     bad = dict(sd)

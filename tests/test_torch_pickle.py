@@ -150,9 +150,23 @@ def test_refuses_foreign_objects_without_running_them(tmp_path, monkeypatch):
     sd["obj"] = "replaced"
     torch.save(sd, tmp_path / "plain.bin")
     assert load_torch_file(tmp_path / "plain.bin")["obj"] == "replaced"
-    torch.save({"a": np.ones(3)}, tmp_path / "numpy.bin")  # numpy objects are not on the allow-list either
+    torch.save({"a": np.ones(3)}, tmp_path / "numpy.bin")  # numpy arrays are not on the allow-list either
     with pytest.raises(TorchFileError, match="contains a pickled numpy"):
         load_torch_file(tmp_path / "numpy.bin")
+    torch.save({"name": np.str_("x")}, tmp_path / "numpy_str.bin")  # nor non-numeric numpy scalars
+    with pytest.raises(TorchFileError, match="only numeric ones are read"):
+        load_torch_file(tmp_path / "numpy_str.bin")
+
+
+def test_numeric_numpy_scalars_beside_the_weights(tmp_path):
+    """laion_clap's checkpoints keep numpy numbers (epoch, scores) beside the weights."""
+    w = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    torch.save({"state_dict": {"w": w}, "epoch": np.int64(15), "best": np.float64(0.9014),
+                "big_endian": np.dtype(">f4").type(2.5)}, tmp_path / "ckpt.pt")
+    got = load_state_dict_file(tmp_path / "ckpt.pt")
+    np.testing.assert_array_equal(got["state_dict"]["w"], w.numpy())
+    assert got["epoch"] == 15 and got["epoch"].dtype == np.int64 and got["best"] == 0.9014
+    assert got["big_endian"] == 2.5
 
 
 class _Global:

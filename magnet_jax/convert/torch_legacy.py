@@ -18,7 +18,6 @@ from magnet_jax.convert.torch_pickle import TorchFileError
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 _LEGACY_PROTOCOL = 1001
-_NUMERIC_KINDS = "biufc"
 
 
 class _LegacyTensor:
@@ -49,13 +48,6 @@ def _numpy_reconstruct(cls, shape, typecode):
     return np.ndarray(shape=(0,), dtype=np.uint8)  # the BUILD that follows sets shape, dtype and data
 
 
-def _numpy_dtype(spec, align=False, copy=True):
-    dtype = np.dtype(spec, align=bool(align), copy=True) if isinstance(spec, str) else None
-    if dtype is None or dtype.kind not in _NUMERIC_KINDS:
-        raise TorchFileError(f"the pickle holds a numpy array of dtype {spec!r}; only numeric arrays are read")
-    return dtype
-
-
 class _LegacyUnpickler(pickle.Unpickler):
     def __init__(self, file, source: str):
         super().__init__(file)
@@ -71,8 +63,6 @@ class _LegacyUnpickler(pickle.Unpickler):
             return _numpy_reconstruct
         if module == "numpy" and name == "ndarray":
             return np.ndarray
-        if module == "numpy" and name == "dtype":
-            return _numpy_dtype
         found = None if module == "torch._utils" else torch_pickle._allowed(module, name)
         if found is None:
             raise TorchFileError(f"{self._source} contains a pickled {module}.{name}, which this torch-free reader "

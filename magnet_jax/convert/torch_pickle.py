@@ -117,6 +117,25 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+_NUMERIC_KINDS = "biufc"
+
+
+def _numpy_dtype(spec, align=False, copy=True):
+    """`numpy.dtype('f8', ...)` of a pickle: numeric dtypes only (the BUILD that follows sets byte order)."""
+    dtype = np.dtype(spec, align=bool(align), copy=True) if isinstance(spec, str) else None
+    if dtype is None or dtype.kind not in _NUMERIC_KINDS:
+        raise TorchFileError(f"the pickle holds a numpy dtype {spec!r}; only numeric ones are read")
+    return dtype
+
+
+def _numpy_scalar(dtype, data=None):
+    """A numpy scalar (e.g. an epoch count or a score saved beside the weights): numeric ones only."""
+    if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS or not isinstance(data, (bytes, bytearray)) \
+            or len(data) != dtype.itemsize:
+        raise TorchFileError(f"the pickle holds a numpy scalar of dtype {dtype!r}; only numeric ones are read")
+    return np.frombuffer(bytes(data), dtype)[0]
+
+
 def _allowed(module: str, name: str):
     """The object a pickle GLOBAL may resolve to, or None if it is not on the allow-list."""
     if module == "torch._utils":
@@ -141,6 +160,11 @@ def _allowed(module: str, name: str):
         return getattr(builtins, name)
     if module == "_codecs" and name == "encode":
         return _latin1_encode
+    # numpy scalars and their dtypes (laion_clap's checkpoints keep numbers beside the weights)
+    if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
+        return _numpy_scalar
+    if module == "numpy" and name == "dtype":
+        return _numpy_dtype
     return None
 
 
