@@ -159,7 +159,8 @@ def compile_train_step_for(cfg, topology: str, num_slices: int = 1) -> Dict[str,
     stream = 2 * state_bytes + sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(frozen))
     roofline = max(flops / (n * peak * 1e12), stream / (bandwidth * 1e9))
     return dict(kind="train_step", config=cfg.name, topology=topology, num_slices=num_slices, chip=kind, devices=n,
-                mesh=dict(mesh.shape), global_batch=g, per_device_batch=per_device, **memory,
+                mesh=dict(mesh.shape), global_batch=g, per_device_batch=per_device,
+                remat=cfg.lm.remat_policy if cfg.lm.remat else "off", **memory,
                 state_bytes_per_device=state_bytes,
                 hbm_bytes_per_device=hbm, fits=_fits(memory, hbm), flops_per_step=flops,
                 tokens_per_step=g * t * k, roofline_step_s=roofline,
@@ -215,6 +216,7 @@ def advice(report: Dict[str, Any]) -> str:
         return (f"the sampler needs {need} per chip, the chip has {have}: lower --batch, or use a chip with more "
                 "HBM (v5p)")
     return (f"the train step needs {need} per chip, the chip has {have}: shard parameters and optimizer state "
-            "(--config.mesh.fsdp=-1), recompute activations (--config.lm.remat=True), lower the per-chip batch "
+            "(--config.mesh.fsdp=-1), recompute activations (--config.lm.remat=True; --config.lm.remat_policy="
+            "nothing_saveable keeps the least), lower the per-chip batch "
             "(--config.train.global_batch_size), or use a larger slice")
 

@@ -44,6 +44,10 @@ class LMConfig:
     dtype: str = "float32"  # compute dtype (bfloat16 on accelerators)
     param_dtype: str = "float32"
     remat: bool = False  # rematerialise each layer in the backward pass
+    # What a rematerialised layer keeps from the forward pass (config_checks.REMAT_POLICIES):
+    # nothing_saveable (least memory), dots_with_no_batch_dims_saveable (the weight matmuls'
+    # outputs), dots_saveable (every matmul's output), everything_saveable (no recompute).
+    remat_policy: str = "nothing_saveable"
     # Layers are scanned (one compiled body: fast compile); unroll > 1 trades compile time for speed.
     scan_unroll: int = 1
     # Per-codebook delays of MusicGen's 'delay' codebook pattern; () is MAGNeT's 'parallel' pattern.

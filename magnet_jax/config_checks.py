@@ -34,13 +34,15 @@ RULES: Dict[str, _Rule] = {
     "optim.lr_min_ratio": _PROBABILITY, "optim.ema_decay": _BELOW_1, "optim.ema_every": _POSITIVE,
     "train.num_steps": _POSITIVE, "train.global_batch_size": _POSITIVE, "train.per_device_batch_size": _AT_LEAST_0,
     "train.log_every": _POSITIVE, "train.eval_every": _POSITIVE, "train.eval_batches": _POSITIVE,
-    "train.checkpoint_every": _POSITIVE, "train.keep_checkpoints": _POSITIVE,
+    "train.checkpoint_every": _POSITIVE, "train.keep_checkpoints": _POSITIVE, "train.protocol_eval_every": _AT_LEAST_0,
     "mesh.data": _MESH_AXIS, "mesh.fsdp": _MESH_AXIS, "mesh.tensor": _MESH_AXIS,
     "data.segment_duration": _POSITIVE, "data.frame_rate": _POSITIVE, "data.noise": _PROBABILITY,
     "data.min_segment_ratio": _PROBABILITY, "data.merge_text_p": _PROBABILITY, "data.drop_desc_p": _PROBABILITY,
     "data.drop_other_p": _PROBABILITY, "data.eval_fraction": _BELOW_1, "data.num_threads": _POSITIVE,
     "data.num_workers": _AT_LEAST_0,
 }
+# jax.checkpoint_policies by name, least memory first (nn/transformer.py applies them).
+REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable", "everything_saveable")
 # Why a value is refused, where "must be ..." alone does not say what would go wrong.
 _WHY = {
     "train.keep_checkpoints": " (0 would keep no checkpoint of the trained model)",
@@ -59,6 +61,8 @@ def check_values(cfg) -> None:
     if cfg.train.smoke_test and cfg.data.kind != "synthetic":
         raise ValueError("train.smoke_test judges a run by the synthetic data's known rules; data.source="
                          f"{cfg.data.source!r} reads a dataset: drop --config.train.smoke_test")
+    if cfg.lm.remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"lm.remat_policy={cfg.lm.remat_policy!r}: one of {', '.join(REMAT_POLICIES)}")
     if cfg.lm.kind not in ("magnet", "hybrid"):
         raise ValueError(f"lm.kind={cfg.lm.kind!r}: 'magnet' or 'hybrid' (Hybrid-MAGNeT); set --config.lm.kind=hybrid")
     if cfg.lm.kind == "hybrid" and (cfg.lm.causal or len(cfg.lm.codebook_delays) != cfg.lm.n_q):

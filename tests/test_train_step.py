@@ -143,3 +143,32 @@ def test_optimizers_train_and_ema_follows_every_n_steps(optimizer):
             assert np.array_equal(params, params_before) == (i == 0)  # warmup starts at lr 0
             ema_prev = ema
     assert np.mean(losses[-3:]) < np.mean(losses[:2]), losses
+
+
+def test_remat_policies_change_memory_not_numbers():
+    """Each named policy gives the loss and gradient of no remat; keeping less from the forward pass
+    needs less temporary memory (what `magnet-jax compile` reports)."""
+    base = small_cfg(data=1)
+    base = dataclasses.replace(base, lm=dataclasses.replace(base.lm, dim=64, num_layers=3),
+                               train=dataclasses.replace(base.train, global_batch_size=16))
+    mesh = make_mesh(base.mesh, devices=jax.devices()[:1])
+    tx, schedule = make_optimizer(base.optim, base.train.num_steps)
+    g, rules = base.train.global_batch_size, base.mesh.rules
+    temps, out = {}, {}
+    with jax.set_mesh(mesh), axis_rules(rules):
+        batch = to_global(make_data_source(base).batch(0, g), mesh, rules, g)
+        for policy in ("off", "nothing_saveable", "dots_saveable"):
+            lm = dataclasses.replace(base.lm, remat=policy != "off",
+                                     remat_policy="nothing_saveable" if policy == "off" else policy)
+            cfg = dataclasses.replace(base, lm=lm)
+            graphdef, state, sh = build_train_state(cfg, tx, mesh, rules)
+            compiled = compile_train_step(cfg, graphdef, tx, schedule, sh, batch, mesh, rules).lower(
+                state, batch, jax.random.key(0)).compile()
+            temps[policy] = compiled.memory_analysis().temp_size_in_bytes
+            _, metrics = compiled(state, batch, jax.random.key(0))
+            out[policy] = (float(metrics["loss"]), float(metrics["grad_norm"]))
+    for policy in ("nothing_saveable", "dots_saveable"):
+        np.testing.assert_allclose(out[policy], out["off"], rtol=1e-5)
+    assert temps["nothing_saveable"] < temps["dots_saveable"] <= temps["off"], temps
+    with pytest.raises(ValueError, match="lm.remat_policy='dots'.*nothing_saveable"):
+        dataclasses.replace(base, lm=dataclasses.replace(base.lm, remat_policy="dots"))

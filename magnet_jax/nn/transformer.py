@@ -138,6 +138,7 @@ class TransformerStack(nnx.Module):
 
     def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs):
         self.num_layers, self.unroll, self.remat = cfg.num_layers, cfg.scan_unroll, cfg.remat
+        self.remat_policy = cfg.remat_policy
         scales = depth_scale(cfg.depthwise_init, jnp.arange(cfg.num_layers), cfg.num_layers)
 
         @nnx.split_rngs(splits=cfg.num_layers)
@@ -186,7 +187,7 @@ class TransformerStack(nnx.Module):
             return layer(h, self_mask, kv, cross_mask)
 
         if self.remat:
-            body = nnx.remat(body)
+            body = nnx.remat(body, policy=getattr(jax.checkpoint_policies, self.remat_policy))
 
         def step(h, layer_and_kv):
             return body(h, layer_and_kv), None
