@@ -133,6 +133,9 @@ class TrainConfig:
     num_steps: int = 1_000_000
     global_batch_size: int = 192
     per_device_batch_size: int = 0  # 0: derived as global / number of batch shards
+    # Micro-batches per step: the global batch's gradient in this many sequential slices (less
+    # activation memory, the same update up to float rounding).
+    grad_accum_steps: int = 1
     log_every: int = 50
     eval_every: int = 1000
     eval_batches: int = 2

@@ -35,6 +35,7 @@ RULES: Dict[str, _Rule] = {
     "train.num_steps": _POSITIVE, "train.global_batch_size": _POSITIVE, "train.per_device_batch_size": _AT_LEAST_0,
     "train.log_every": _POSITIVE, "train.eval_every": _POSITIVE, "train.eval_batches": _POSITIVE,
     "train.checkpoint_every": _POSITIVE, "train.keep_checkpoints": _POSITIVE, "train.protocol_eval_every": _AT_LEAST_0,
+    "train.grad_accum_steps": _POSITIVE,
     "mesh.data": _MESH_AXIS, "mesh.fsdp": _MESH_AXIS, "mesh.tensor": _MESH_AXIS,
     "data.segment_duration": _POSITIVE, "data.frame_rate": _POSITIVE, "data.noise": _PROBABILITY,
     "data.min_segment_ratio": _PROBABILITY, "data.merge_text_p": _PROBABILITY, "data.drop_desc_p": _PROBABILITY,

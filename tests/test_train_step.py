@@ -13,7 +13,7 @@ from magnet_jax.parallel.mesh import make_mesh
 from magnet_jax.train.optimizer import make_optimizer
 from magnet_jax.train.state import build_train_state
 from magnet_jax.train.step import build_inputs, masked_cross_entropy
-from magnet_jax.train.trainer import compile_train_step, make_data_source, memory_summary, to_global
+from magnet_jax.train.trainer import check_batch_sizes, compile_train_step, make_data_source, memory_summary, to_global
 
 
 def small_cfg(**mesh):
@@ -172,3 +172,20 @@ def test_remat_policies_change_memory_not_numbers():
     assert temps["nothing_saveable"] < temps["dots_saveable"] <= temps["off"], temps
     with pytest.raises(ValueError, match="lm.remat_policy='dots'.*nothing_saveable"):
         dataclasses.replace(base, lm=dataclasses.replace(base.lm, remat_policy="dots"))
+
+
+@pytest.mark.parametrize("kind", ["magnet", "hybrid"])
+def test_gradient_accumulation_equals_the_large_batch(kind):
+    """train.grad_accum_steps=4: the same masks, loss and update as one step on the whole batch."""
+    base = small_cfg(data=2)
+    if kind == "hybrid":
+        base = dataclasses.replace(base, lm=dataclasses.replace(base.lm, kind="hybrid", codebook_delays=(0, 1, 2, 3)))
+    accum = dataclasses.replace(base, train=dataclasses.replace(base.train, grad_accum_steps=4))
+    ref, ref_state, _ = run_steps(base, 2, steps=2)
+    got, state, _ = run_steps(accum, 2, steps=2)
+    np.testing.assert_allclose(got, ref, rtol=2e-5)
+    for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+    bad = dataclasses.replace(base, train=dataclasses.replace(base.train, grad_accum_steps=3))
+    with pytest.raises(ValueError, match="grad_accum_steps=3 does not divide the per-device batch 4"):
+        check_batch_sizes(bad, make_mesh(bad.mesh, devices=jax.devices()[:2]), bad.mesh.rules)

@@ -40,27 +40,33 @@ def hybrid_inputs(codes: jnp.ndarray, boundary: jnp.ndarray, stage, span: jnp.nd
     return jnp.where(hidden, mask_id, codes), prefix, staged
 
 
+def hybrid_draws(key, batch: int, seq_len: int, cfg, lut, condition: str = "dropout"):
+    """One step's per-example randomness (as `train.step.stage_draws`), with each example's boundary."""
+    k_boundary, k_rate, k_mask, k_cfg = jax.random.split(key, 4)
+    rates = get_schedule(cfg.masking.schedule)(jax.random.uniform(k_rate, (batch,)))
+    return {"boundary": jax.random.randint(k_boundary, (batch,), 0, seq_len),
+            "span": span_mask(k_mask, rates, seq_len, cfg.masking.span_len, lut),
+            "keep": condition_keep(condition, k_cfg, batch, cfg)}
+
+
 def hybrid_loss(model, batch, key, stage, cfg, lut, condition: str = "dropout", text=None, boundary=None,
-                span=None):
+                span=None, keep=None):
     """Loss of one stage on a batch (see the module doc); `stage` may be traced. Same contract
     as `train.step.stage_loss`: (loss, aux with ce, acc, ce_ar, ce_nar, acc_nar, ...).
     boundary: a fixed prefix boundary (frames, an int or [B]) instead of a random one per example.
-    span: a given span mask bool [B, T] instead of a drawn one (as in `stage_loss`)."""
+    span, keep: a given span mask bool [B, T] and caption rows bool [B] instead of drawn ones."""
     codes = batch["codes"]
     b, _, t = codes.shape
     lm_cfg = model.lm.config
-    k_boundary, k_rate, k_mask, k_cfg = jax.random.split(key, 4)
-    if boundary is None:
-        boundary = jax.random.randint(k_boundary, (b,), 0, t)
+    drawn = hybrid_draws(key, b, t, cfg, lut, condition)
+    boundary = drawn["boundary"] if boundary is None else boundary
+    span = drawn["span"] if span is None else span
+    keep = drawn["keep"] if keep is None else keep
     boundary = jnp.broadcast_to(jnp.asarray(boundary, jnp.int32), (b,))
-    if span is None:
-        rates = get_schedule(cfg.masking.schedule)(jax.random.uniform(k_rate, (b,)))
-        span = span_mask(k_mask, rates, t, cfg.masking.span_len, lut)
     inputs, prefix, staged = hybrid_inputs(codes, boundary, stage, span, lm_cfg.codebook_delays, lm_cfg.mask_id)
     if "padding_mask" in batch:
         valid = batch["padding_mask"].astype(bool)[:, None, :]
         prefix, staged = prefix & valid, staged & valid
-    keep = condition_keep(condition, k_cfg, b, cfg)
     text = batch["text_ids"] if text is None else text
     cond, cond_mask = model.conditioner(text, batch["text_mask"], keep)
     pattern = to_pattern(inputs, lm_cfg.codebook_delays, lm_cfg.mask_id)
@@ -73,3 +79,6 @@ def hybrid_loss(model, batch, key, stage, cfg, lut, condition: str = "dropout", 
     return ce, {"ce": ce, "acc": acc, "ce_ar": ce_ar, "ce_nar": ce_nar, "acc_nar": acc_nar,
                 "prefix_frac": prefix.astype(jnp.float32).mean(), "masked_frac": span.astype(jnp.float32).mean(),
                 "num_masked": n_nar, "num_prefix": n_ar, "num_targets": count}
+
+
+hybrid_loss.draws = hybrid_draws

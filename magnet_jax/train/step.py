@@ -47,30 +47,43 @@ def condition_keep(condition: str, key, batch: int, cfg: Config) -> jnp.ndarray:
     raise ValueError(f"condition must be 'dropout', 'text' or 'null', got {condition!r}")
 
 
-def stage_loss(model, batch, key, stage, cfg: Config, lut, condition: str = "dropout", text=None, span=None):
+def stage_draws(key, batch: int, seq_len: int, cfg: Config, lut, condition: str = "dropout"):
+    """One step's per-example randomness of MAGNeT's objective: span masks at mask rates drawn from
+    the schedule, and which rows keep their caption. Drawn for the whole batch, so that gradient
+    accumulation slices the very masks of the one large batch."""
+    k_rate, k_mask, k_cfg = jax.random.split(key, 3)
+    rates = get_schedule(cfg.masking.schedule)(jax.random.uniform(k_rate, (batch,)))
+    return {"span": span_mask(k_mask, rates, seq_len, cfg.masking.span_len, lut),
+            "keep": condition_keep(condition, k_cfg, batch, cfg)}
+
+
+def stage_loss(model, batch, key, stage, cfg: Config, lut, condition: str = "dropout", text=None, span=None,
+               keep=None):
     """Loss of one stage on a batch. `stage` may be traced. Returns (loss, aux dict).
 
     condition: 'dropout' (training: CFG dropout), 'text' (always conditioned) or 'null'
     (always the null condition: what the model knows without the caption).
     text: the conditioner's input when not `batch["text_ids"]` (the frozen T5's hidden states).
-    span: a given span mask bool [B, T] instead of one drawn from the config's schedule and span length
-    (the config-independent evaluation, eval/token_metrics.py).
+    span, keep: a given span mask bool [B, T] (the config-independent evaluation,
+    eval/token_metrics.py) and caption rows bool [B], instead of the ones `stage_draws` gives.
     """
     codes = batch["codes"]
     b, _, t = codes.shape
-    k_rate, k_mask, k_cfg = jax.random.split(key, 3)
-    if span is None:
-        rates = get_schedule(cfg.masking.schedule)(jax.random.uniform(k_rate, (b,)))
-        span = span_mask(k_mask, rates, t, cfg.masking.span_len, lut)
+    if span is None or keep is None:
+        drawn = stage_draws(key, b, t, cfg, lut, condition)
+        span = drawn["span"] if span is None else span
+        keep = drawn["keep"] if keep is None else keep
     inputs, loss_mask = build_inputs(codes, stage, span, cfg.lm.mask_id)
     if "padding_mask" in batch:
         loss_mask = loss_mask & batch["padding_mask"].astype(bool)
-    keep = condition_keep(condition, k_cfg, b, cfg)
     text = batch["text_ids"] if text is None else text
     logits = model(inputs, text, batch["text_mask"], stage=stage, keep=keep, stage_logits_only=True)
     targets = jnp.take(codes, stage, axis=1)
     ce, acc, count = masked_cross_entropy(logits, targets, loss_mask)
     return ce, {"ce": ce, "acc": acc, "masked_frac": span.astype(jnp.float32).mean(), "num_masked": count}
+
+
+stage_loss.draws = stage_draws
 
 
 def encode_text(text_encoder, frozen, batch):
@@ -98,16 +111,21 @@ def make_train_step(cfg: Config, graphdef, tx, lr_schedule, text_encoder=None):
     objective = objective_of(cfg)
     ema_decay, ema_every = cfg.optim.ema_decay, max(cfg.optim.ema_every, 1)
 
+    accum = cfg.train.grad_accum_steps
+
     def train_step(state: TrainState, batch: Dict[str, jax.Array], key: jax.Array, frozen=None):
         k_stage, k_loss = jax.random.split(key)
         stage = jax.random.randint(k_stage, (), 0, n_q)
         text = encode_text(text_encoder, frozen, batch)
 
-        def loss_fn(params):
+        def loss_fn(params, batch=batch, text=text, **given):
             model = nnx.merge(graphdef, params)
-            return objective(model, batch, k_loss, stage, cfg, lut, text=text)
+            return objective(model, batch, k_loss, stage, cfg, lut, text=text, **given)
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if accum == 1:
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        else:
+            loss, aux, grads = _accumulate(loss_fn, state.params, batch, text, k_loss, accum, objective, cfg, lut)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -124,6 +142,34 @@ def make_train_step(cfg: Config, graphdef, tx, lr_schedule, text_encoder=None):
         return TrainState(step=step, params=params, opt_state=opt_state, ema_params=ema), metrics
 
     return train_step
+
+
+def _accumulate(loss_fn, params, batch, text, key, accum: int, objective, cfg: Config, lut):
+    """The large batch's loss, aux and gradient, in `accum` micro-batches (lax.scan): the per-example
+    masks are drawn for the whole batch first, and the micro-batches' token-mean losses are weighted
+    by their target counts, so the result is the large batch's token mean (up to float rounding)."""
+    b, _, t = batch["codes"].shape
+    if b % accum:
+        raise ValueError(f"train.grad_accum_steps={accum} does not divide the batch of {b} examples")
+    drawn = objective.draws(key, b, t, cfg, lut, "dropout")
+    # Micro-batch i is rows i, i + accum, ...: each device's block of rows holds a share of every one.
+    split = lambda x: jnp.swapaxes(x.reshape((b // accum, accum) + x.shape[1:]), 0, 1)
+    micro = jax.tree.map(split, (batch, text, drawn))
+
+    def body(carry, xs):
+        mb, mtext, mdrawn = xs
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb, mtext, **mdrawn)
+        n = aux.get("num_targets", aux["num_masked"])
+        sums = jax.tree.map(lambda c, x: c + n * x, carry, (grads, loss, aux))
+        return sums, n
+
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+        lambda: jax.value_and_grad(loss_fn, has_aux=True)(params, *jax.tree.map(lambda x: x[0], micro[:2]),
+                                                          **jax.tree.map(lambda x: x[0], micro[2]))))
+    (grads, loss, aux), counts = jax.lax.scan(body, (zeros[1], zeros[0][0], zeros[0][1]), micro)
+    total = jnp.maximum(counts.sum(), 1.0)
+    grads, loss, aux = jax.tree.map(lambda x: x / total, (grads, loss, aux))
+    return loss, aux, grads
 
 
 def make_eval_step(cfg: Config, graphdef, text_encoder=None):

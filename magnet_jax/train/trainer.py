@@ -201,6 +201,11 @@ def check_batch_sizes(cfg: Config, mesh, rules) -> int:
         raise ValueError(f"train.global_batch_size={g} is not divisible by the {shards} batch shards of the mesh")
     if g % jax.process_count():
         raise ValueError(f"train.global_batch_size={g} is not divisible by {jax.process_count()} processes")
+    accum = cfg.train.grad_accum_steps
+    if (g // shards) % accum:
+        raise ValueError(f"train.grad_accum_steps={accum} does not divide the per-device batch {g // shards} "
+                         f"(train.global_batch_size={g} over {shards} batch shards): every micro-batch needs a "
+                         "share of each device's rows")
     if per and per * shards != g:
         raise ValueError(
             f"train.per_device_batch_size={per} x {shards} batch shards = {per * shards} "
