@@ -11,6 +11,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # thread. Suspected cause of an intermittent abort (its message lost to capfd) in the 8-device
 # train-step tests of long runs.
 os.environ.setdefault("NPROC", "32")
+# CLI calls in tests (and the processes they start) turn JAX's persistent compilation cache on: keep it
+# in a folder of this session, never the user's ~/.cache (whose entries other runs wrote, or a killed
+# process left torn: reading such an entry has crashed a test process here).
+import tempfile  # noqa: E402
+
+os.environ.setdefault("MAGNET_JAX_CACHE", tempfile.mkdtemp(prefix="magnet_jax_test_cache_"))
 
 import jax  # noqa: E402
 
