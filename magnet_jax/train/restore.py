@@ -3,7 +3,7 @@ trained with: what `magnet-jax eval` scores."""
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, Tuple
 
 import jax
 
@@ -28,7 +28,7 @@ def restore_run(workdir: str, devices=None) -> Tuple[Config, Any, Any, int]:
         steps = sorted(ckpt.all_steps())
         if not steps:
             raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint yet")
-        cfg: Optional[Config] = config_from_dict(ckpt.read_meta(steps[-1])["config"])
+        cfg = config_from_dict(ckpt.read_meta(steps[-1])["config"])
         mesh = make_mesh(cfg.mesh, devices)
         tx, _ = make_optimizer(cfg.optim, cfg.train.num_steps)
         with jax.set_mesh(mesh), axis_rules(cfg.mesh.rules):
