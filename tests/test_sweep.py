@@ -42,6 +42,12 @@ def test_a_grid_trains_every_point_to_the_budget_and_writes_the_table(tmp_path, 
     assert result["protocol"]["protocol"] == "masked-ce-v1" and len(result["decoding"]) == 2
     assert json.load(open(first / "eval_protocol.json"))["ce_cosine"] == result["protocol"]["ce_cosine"]
     assert "2 points" in capsys.readouterr().out
+    # `magnet-jax eval` on a point's run folder: the protocol numbers of its newest checkpoint.
+    assert main(["eval", "--model", str(first), "--out", str(tmp_path / "ev")]) == 0
+    printed = capsys.readouterr().out
+    assert "masked-ce-v1" in printed and "samples following the data's rules" in printed
+    again = json.load(open(tmp_path / "ev" / "results.json"))
+    assert again["step"] == 6 and abs(again["ce_cosine"] - result["protocol"]["ce_cosine"]) < 1e-5
 
     # A rerun skips the finished points; a point without its result is run again (it resumes).
     os.remove(out / "points" / "span_len=3,subcodes_context=2" / "result.json")
