@@ -16,7 +16,7 @@ from magnet_jax.train.trainer import train
 def test_short_quickstart_run_learns_and_writes_artifacts(tmp_path):
     cfg = load_config("configs/quickstart.py", [
         f"train.workdir={tmp_path / 'qs'}", "train.num_steps=240", "train.eval_every=120", "train.log_every=20",
-        "train.checkpoint_every=120", "optim.warmup_steps=30"])
+        "train.checkpoint_every=120", "optim.warmup_steps=30", "train.protocol_eval_every=120"])
     result = train(cfg, progress=False)
     uni = np.mean(result.baselines["unigram_nats"])
     ce = np.asarray(result.last_eval["ce_per_stage"])
@@ -29,11 +29,13 @@ def test_short_quickstart_run_learns_and_writes_artifacts(tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "qs" / "tensorboard"))
     assert os.path.getsize(result.plot_path) > 10_000
     assert sorted(os.listdir(tmp_path / "qs" / "checkpoints")) == ["120", "240"]
-    # The config-independent evaluation ran at the end: logged, and written beside the run.
+    # The config-independent evaluation ran every 120 steps and at the end: logged, and the last one
+    # written beside the run.
     protocol = [r for r in rows if r["kind"] == "protocol"]
     saved = json.load(open(tmp_path / "qs" / "eval_protocol.json"))
-    assert [r["step"] for r in protocol] == [240] and saved["step"] == 240
-    assert saved["ce_cosine"] == pytest.approx(protocol[0]["ce_cosine"]) == pytest.approx(result.protocol_eval["ce_cosine"])
+    assert [r["step"] for r in protocol] == [120, 240] and saved["step"] == 240
+    assert protocol[1]["ce_cosine"] < protocol[0]["ce_cosine"]
+    assert saved["ce_cosine"] == pytest.approx(protocol[1]["ce_cosine"]) == pytest.approx(result.protocol_eval["ce_cosine"])
     assert saved["ce_cosine"] < uni - 1.0 and np.shape(saved["ce"]) == (4, 5)
     # The trained model samples codes that follow the data's cross-stage rule far above chance.
     codes, agreement = sample_synthetic_captions(cfg, result.graphdef, result.state.params, result.data,
