@@ -20,4 +20,8 @@ os.environ.setdefault("MAGNET_JAX_CACHE", tempfile.mkdtemp(prefix="magnet_jax_te
 
 import jax  # noqa: E402
 
+# ... but not in this process: the CLI calls tests make in-process would turn it on for every later test,
+# which would then load executables that other tests and processes compiled (a segfault in CI, unexplained).
+# The processes tests start still use it; test_compilation_cache checks that it works.
+jax.config.update("jax_enable_compilation_cache", False)
 jax.config.update("jax_default_matmul_precision", "highest")
