@@ -142,6 +142,8 @@ class TrainConfig:
     # The config-independent evaluation (eval/token_metrics.py) runs at the end of training, and
     # every this many steps when > 0.
     protocol_eval_every: int = 0
+    # (start, stop): a profiler trace of steps start..stop-1 in WORKDIR/profile (train/profiling.py).
+    profile_steps: Tuple[int, ...] = ()
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
     async_checkpointing: bool = True

@@ -62,6 +62,7 @@ def check_values(cfg) -> None:
     if cfg.train.smoke_test and cfg.data.kind != "synthetic":
         raise ValueError("train.smoke_test judges a run by the synthetic data's known rules; data.source="
                          f"{cfg.data.source!r} reads a dataset: drop --config.train.smoke_test")
+    check_profile_steps(cfg.train.profile_steps)
     if cfg.lm.remat_policy not in REMAT_POLICIES:
         raise ValueError(f"lm.remat_policy={cfg.lm.remat_policy!r}: one of {', '.join(REMAT_POLICIES)}")
     if cfg.lm.kind not in ("magnet", "hybrid"):
@@ -73,3 +74,14 @@ def check_values(cfg) -> None:
     for steps in cfg.decode.decoding_steps:
         if steps < 1:
             raise ValueError(f"decode.decoding_steps={tuple(cfg.decode.decoding_steps)}: every stage needs >= 1 step")
+
+
+def check_profile_steps(steps) -> Tuple[int, int]:
+    """train.profile_steps: `()` (no trace, returned as (0, 0)) or `(start, stop)`, 0 <= start < stop."""
+    steps = tuple(steps)
+    if not steps:
+        return 0, 0
+    if len(steps) != 2 or not all(isinstance(s, int) for s in steps) or not 0 <= steps[0] < steps[1]:
+        raise ValueError(f"train.profile_steps={steps!r}: give two step numbers START,STOP with 0 <= START < STOP "
+                         "(--config.train.profile_steps=10,13 traces steps 10 to 12), or () for no trace")
+    return steps

@@ -30,6 +30,7 @@ from magnet_jax.train.metrics import MetricsWriter, summarise_train_window
 from magnet_jax.train.optimizer import make_optimizer
 from magnet_jax.train.plot import plot_loss_curves
 from magnet_jax.train.preemption import PreemptionWatch
+from magnet_jax.train.profiling import StepProfiler
 from magnet_jax.train.progress import StepProgress
 from magnet_jax.train.state import abstract_train_state, build_train_state, model_graphdef
 from magnet_jax.train.step import make_eval_step, make_train_step
@@ -359,10 +360,13 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
         protocol_every = tcfg.protocol_eval_every
         batch = first
         preempted = False
+        profiler = StepProfiler(tcfg.profile_steps, workdir)
         barrier("magnet_jax train start")  # the processes compiled at their own pace
         try:
             for step in range(start, end):
-                state, metrics = compiled(state, batch, jax.random.fold_in(base_key, step), *frozen_args)
+                with profiler.step(step):
+                    state, metrics = compiled(state, batch, jax.random.fold_in(base_key, step), *frozen_args)
+                profiler.after(step, (state, metrics), last=step + 1 == end)
                 window.append(metrics)
                 bar.dispatched(metrics["loss"])
                 done = step + 1
@@ -408,6 +412,7 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
                 write_json_atomically(os.path.join(workdir, "eval_protocol.json"), dict(last_protocol, step=end))
         finally:
             try:
+                profiler.close()
                 bar.close()
                 reader.close()
             finally:  # whatever failed above, the checkpoint being written is finished
