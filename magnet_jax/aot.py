@@ -107,6 +107,8 @@ def _compile(lowered):
         return time.perf_counter() - t0, dict(per_device_bytes=need, oom=f"the compiler needs {need / 2**30:.2f} GiB "
                                                                           f"for {found.group(1)}")
     out = dict(argument_bytes=int(m.argument_size_in_bytes), output_bytes=int(m.output_size_in_bytes),
+               # Pallas TPU kernels in the program (lm.attention_impl=splash): Mosaic custom calls.
+               pallas_kernels=lowered.as_text().count("tpu_custom_call"),
                temp_bytes=int(m.temp_size_in_bytes), alias_bytes=int(m.alias_size_in_bytes))
     out["per_device_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
     return time.perf_counter() - t0, out
@@ -118,6 +120,7 @@ def compile_train_step_for(cfg, topology: str, num_slices: int = 1) -> Dict[str,
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
 
+    from magnet_jax.nn.attention_kernels import target_platform
     from magnet_jax.parallel.logical import axis_rules
     from magnet_jax.parallel.mesh import data_sharding, make_mesh
     from magnet_jax.train.flops import train_step_flops
@@ -130,7 +133,7 @@ def compile_train_step_for(cfg, topology: str, num_slices: int = 1) -> Dict[str,
     mesh, rules = make_mesh(cfg.mesh, devices), cfg.mesh.rules
     g, t, k, s = cfg.train.global_batch_size, cfg.data.num_frames, cfg.lm.n_q, cfg.conditioner.max_text_len
     tx, schedule = make_optimizer(cfg.optim, cfg.train.num_steps)
-    with jax.set_mesh(mesh), axis_rules(rules):
+    with jax.set_mesh(mesh), axis_rules(rules), target_platform("tpu"):
         per_device = check_batch_sizes(cfg, mesh, rules)
         state, shardings = abstract_train_state(cfg, tx, mesh, rules)
         text_mask = jnp.int32 if cfg.conditioner.encoder == "t5" else jnp.bool_
@@ -160,7 +163,7 @@ def compile_train_step_for(cfg, topology: str, num_slices: int = 1) -> Dict[str,
     roofline = max(flops / (n * peak * 1e12), stream / (bandwidth * 1e9))
     return dict(kind="train_step", config=cfg.name, topology=topology, num_slices=num_slices, chip=kind, devices=n,
                 mesh=dict(mesh.shape), global_batch=g, per_device_batch=per_device,
-                remat=cfg.lm.remat_policy if cfg.lm.remat else "off", **memory,
+                remat=cfg.lm.remat_policy if cfg.lm.remat else "off", attention=cfg.lm.attention_impl, **memory,
                 state_bytes_per_device=state_bytes,
                 hbm_bytes_per_device=hbm, fits=_fits(memory, hbm), flops_per_step=flops,
                 tokens_per_step=g * t * k, roofline_step_s=roofline,
@@ -182,6 +185,7 @@ def compile_sampler_for(cfg, topology: str, batch: int = 1, cond_len: int = 32) 
     from magnet_jax.decode.sampler import MagnetSampler, output_length
     from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
     from magnet_jax.models.magnet_lm import MagnetLM
+    from magnet_jax.nn.attention_kernels import target_platform
 
     chip = tpu_devices(topology)[0]
     kind, (peak, bandwidth, hbm) = _chip([chip])
@@ -196,12 +200,14 @@ def compile_sampler_for(cfg, topology: str, batch: int = 1, cond_len: int = 32) 
     key = _abstract(jax.eval_shape(lambda: jax.random.key(0)), lambda _: on_chip)
     cond = jax.ShapeDtypeStruct((batch, cond_len, c.dim), jnp.float32, sharding=on_chip)
     mask = jax.ShapeDtypeStruct((batch, cond_len), jnp.bool_, sharding=on_chip)
-    compile_s, memory = _compile(sampler.lower(cond, mask, key, settings, knobs, length=length))
+    with target_platform("tpu"):
+        compile_s, memory = _compile(sampler.lower(cond, mask, key, settings, knobs, length=length))
     weight_bytes = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)) * jnp.dtype(c.dtype).itemsize
     flops = [decode_forward_flops(c, batch, t_out, cond_len, stage) for stage in range(c.n_q)]
     roofline = sum(n * max(f / (peak * 1e12), weight_bytes / (bandwidth * 1e9))
                    for n, f in zip(settings.decoding_steps, flops))
     return dict(kind="sampler", config=cfg.name, topology=topology, chip=kind, devices=1, batch=batch,
+                attention=c.attention_impl,
                 frames=t_out, decoding_steps=list(settings.decoding_steps), **memory, hbm_bytes_per_device=hbm,
                 fits=_fits(memory, hbm),
                 flops_per_step=float(sum(n * f for n, f in zip(settings.decoding_steps, flops))),

@@ -33,6 +33,9 @@ class LMConfig:
     # Static stages > 0 (sampling) compute the local attention block-banded instead of
     # masking a T x T score matrix; same result, less work at long T.
     banded_local_attention: bool = True
+    # Self-attention: 'xla' (einsum; the parity reference), 'cudnn' (jax.nn.dot_product_attention,
+    # cuDNN's fused kernel on GPU) or 'splash' (the Pallas TPU kernel); nn/attention_kernels.py.
+    attention_impl: str = "xla"
     max_period: float = 10_000.0
     positional_scale: float = 1.0
     # The reference zeroes padded condition positions but does not mask them in

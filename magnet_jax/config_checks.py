@@ -42,6 +42,7 @@ RULES: Dict[str, _Rule] = {
     "data.drop_other_p": _PROBABILITY, "data.eval_fraction": _BELOW_1, "data.num_threads": _POSITIVE,
     "data.num_workers": _AT_LEAST_0,
 }
+ATTENTION_IMPLS = ("xla", "cudnn", "splash")  # nn/attention_kernels.py
 # jax.checkpoint_policies by name, least memory first (nn/transformer.py applies them).
 REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable", "everything_saveable")
 # Why a value is refused, where "must be ..." alone does not say what would go wrong.
@@ -63,6 +64,9 @@ def check_values(cfg) -> None:
         raise ValueError("train.smoke_test judges a run by the synthetic data's known rules; data.source="
                          f"{cfg.data.source!r} reads a dataset: drop --config.train.smoke_test")
     check_profile_steps(cfg.train.profile_steps)
+    if cfg.lm.attention_impl not in ATTENTION_IMPLS:
+        raise ValueError(f"lm.attention_impl={cfg.lm.attention_impl!r}: one of {', '.join(ATTENTION_IMPLS)} (cudnn: "
+                         "GPU, splash: TPU; both run, slower, elsewhere)")
     if cfg.lm.remat_policy not in REMAT_POLICIES:
         raise ValueError(f"lm.remat_policy={cfg.lm.remat_policy!r}: one of {', '.join(REMAT_POLICIES)}")
     if cfg.lm.kind not in ("magnet", "hybrid"):

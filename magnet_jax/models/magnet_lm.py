@@ -16,6 +16,7 @@ from flax import nnx, struct
 
 from magnet_jax.config import LMConfig
 from magnet_jax.nn.attention import LocalWindow, causal_mask, local_window_mask
+from magnet_jax.nn.attention_kernels import KernelMask
 from magnet_jax.nn.initializers import lm_init
 from magnet_jax.nn.linear import param
 from magnet_jax.nn.norms import LayerNorm
@@ -89,9 +90,16 @@ class MagnetLM(nnx.Module):
 
     def self_attention_mask(self, length: int, stage: Stage, causal: Optional[bool] = None):
         """Boolean `[T, T]` mask (True = attend), a LocalWindow (static stage > 0, banded), or
-        None for full attention."""
+        None for full attention; with `lm.attention_impl` 'cudnn' or 'splash', a KernelMask."""
         c = self.config
         causal = c.causal if causal is None else causal
+        mask = self._einsum_self_attention_mask(length, stage, causal)
+        if c.attention_impl == "xla":
+            return mask
+        return KernelMask(c.attention_impl, stage, c.subcodes_context if stage is not None else -1, causal, mask)
+
+    def _einsum_self_attention_mask(self, length: int, stage: Stage, causal: bool):
+        c = self.config
         mask = causal_mask(length) if causal else None
         if stage is not None and c.subcodes_context >= 0:
             local = local_window_mask(length, c.subcodes_context)

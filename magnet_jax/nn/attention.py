@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from magnet_jax.nn.attention_kernels import KernelMask, kernel_attention
 from magnet_jax.nn.initializers import torch_linear_default_init
 from magnet_jax.nn.linear import Dense
 from magnet_jax.parallel.logical import constrain
@@ -158,7 +159,7 @@ class MultiHeadAttention(nnx.Module):
         positions: Optional[jnp.ndarray] = None,
     ) -> jnp.ndarray:
         """x: [B, T, D]; source (cross) or x itself (self); mask broadcasts to [B, H, T, S], True =
-        attend, or is a LocalWindow (banded self-attention).
+        attend, or is a LocalWindow (banded self-attention), or a KernelMask (a fused kernel).
 
         positions [B, C]: x holds only these query positions of the sequence whose keys and
         values `kv` are given; `mask` is then the whole sequence's self-attention mask ([T, T],
@@ -169,6 +170,10 @@ class MultiHeadAttention(nnx.Module):
         k, v = kv
         q = constrain(q, ("batch", "length", "heads", "kv"))
         q = q * jnp.asarray(1.0 / math.sqrt(self.head_dim), q.dtype)
+        if isinstance(mask, KernelMask):
+            if positions is None:
+                return self.out(kernel_attention(q, k, v, mask, self.dtype))
+            mask = mask.fallback  # some queries only (the sampler's last layer): the einsum path
         if isinstance(mask, LocalWindow):
             if positions is not None:
                 return self.out(gathered_local_attention(q, k, v, positions, mask, self.dtype))

@@ -72,7 +72,13 @@ def logical_to_spec(
     return PartitionSpec(*spec)
 
 
-def _current_mesh():
+def current_rules() -> Optional[Rules]:
+    """The logical-axis rules of the enclosing `axis_rules` (None outside one)."""
+    return _RULES.get()
+
+
+def current_mesh():
+    """The mesh being traced under (abstract), or None."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty:
         return None
@@ -81,8 +87,8 @@ def _current_mesh():
 
 def constrain(x: jax.Array, logical_axes: Sequence[Optional[str]]) -> jax.Array:
     """`with_sharding_constraint` by logical names; a no-op outside a mesh or without rules."""
-    rules = _RULES.get()
-    mesh = _current_mesh()
+    rules = current_rules()
+    mesh = current_mesh()
     if rules is None or mesh is None:
         return x
     spec = logical_to_spec(logical_axes, x.shape, mesh, rules)
