@@ -167,6 +167,11 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    # Multi-slice (TPU slices joined over the data-centre network, DCN; on GPUs: hosts): how many
+    # slices the data and fsdp axes span. The axes above stay whole-mesh sizes; each slice holds
+    # data / dcn_data x fsdp / dcn_fsdp x tensor devices. Both 1 on several slices: data spans them.
+    dcn_data: int = 1
+    dcn_fsdp: int = 1
     rules: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
         ("batch", ("data", "fsdp")),
         ("embed", ("fsdp",)),

@@ -37,6 +37,7 @@ RULES: Dict[str, _Rule] = {
     "train.checkpoint_every": _POSITIVE, "train.keep_checkpoints": _POSITIVE, "train.protocol_eval_every": _AT_LEAST_0,
     "train.grad_accum_steps": _POSITIVE,
     "mesh.data": _MESH_AXIS, "mesh.fsdp": _MESH_AXIS, "mesh.tensor": _MESH_AXIS,
+    "mesh.dcn_data": _POSITIVE, "mesh.dcn_fsdp": _POSITIVE,
     "data.segment_duration": _POSITIVE, "data.frame_rate": _POSITIVE, "data.noise": _PROBABILITY,
     "data.min_segment_ratio": _PROBABILITY, "data.merge_text_p": _PROBABILITY, "data.drop_desc_p": _PROBABILITY,
     "data.drop_other_p": _PROBABILITY, "data.eval_fraction": _BELOW_1, "data.num_threads": _POSITIVE,

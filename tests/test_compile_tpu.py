@@ -2,10 +2,12 @@
 (the `tpu` extra, installed by the README's test command) on this CPU-only machine."""
 import json
 
+import numpy as np
 import pytest
 
 from magnet_jax import aot, cli
 from magnet_jax.config_io import load_config
+from magnet_jax.parallel.mesh import make_mesh
 from magnet_jax.train.flops import train_step_flops
 
 WIDER = ["--config.lm.dim=256", "--config.lm.num_layers=4", "--config.lm.num_heads=4"]
@@ -64,3 +66,24 @@ def test_a_t5_width_that_differs_from_the_condition_width_is_a_clear_error(capsy
             "--config.conditioner.output_dim=512"]  # t5-base is 768 wide
     assert cli.main(argv) == 2
     assert "the T5 encoder has width 768 but conditioner.output_dim=512" in capsys.readouterr().err
+
+
+def test_multi_slice_meshes_put_the_dcn_axes_across_slices():
+    devices = aot.tpu_devices("v5e:2x2", num_slices=2)
+    slice_of = lambda mesh: np.vectorize(lambda d: d.slice_index)(mesh.devices)
+    mesh = make_mesh(load_config("configs/tiny.py", ["mesh.data=-1"]).mesh, devices)  # default: data spans them
+    assert dict(mesh.shape)["data"] == 8 and slice_of(mesh)[:, 0, 0].tolist() == [0] * 4 + [1] * 4
+    mesh = make_mesh(load_config("configs/tiny.py", ["mesh.data=2", "mesh.fsdp=-1", "mesh.dcn_fsdp=2"]).mesh, devices)
+    assert slice_of(mesh)[0, :, 0].tolist() == [0, 0, 1, 1] and (slice_of(mesh)[:, 0] == 0).all()
+    with pytest.raises(ValueError, match="dcn_fsdp=4 slices asked for, the devices form 2"):
+        make_mesh(load_config("configs/tiny.py", ["mesh.data=1", "mesh.fsdp=-1", "mesh.dcn_fsdp=4"]).mesh, devices)
+    with pytest.raises(ValueError, match="each axis must be a multiple of the slices it spans"):
+        make_mesh(load_config("configs/tiny.py", ["mesh.data=1", "mesh.fsdp=-1", "mesh.dcn_data=2"]).mesh, devices)
+
+
+def test_train_step_compiles_for_two_slices(capsys):
+    argv = ["compile", "--config", "configs/tiny.py", "--topology", "v5e:2x2", "--num-slices", "2",
+            "--config.mesh.data=2", "--config.mesh.fsdp=-1", "--config.mesh.dcn_data=2"]
+    assert cli.main(argv) == 0
+    report = _last_json(capsys.readouterr().out)
+    assert report["devices"] == 8 and report["num_slices"] == 2 and report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}

@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from magnet_jax.config import MeshConfig
@@ -36,7 +37,23 @@ def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple:
 def make_mesh(cfg: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(cfg, len(devices))
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices == 1 and cfg.dcn_data * cfg.dcn_fsdp == 1:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    # Several slices (or hosts): the slow network carries only the axes that span granules.
+    by_host = not hasattr(devices[0], "slice_index")  # GPUs: hosts are the granules
+    granules = len({d.process_index for d in devices}) if by_host else slices
+    dcn = (cfg.dcn_data, cfg.dcn_fsdp, 1) if cfg.dcn_data * cfg.dcn_fsdp > 1 else (granules, 1, 1)
+    what = "hosts" if by_host else "slices"
+    if dcn[0] * dcn[1] != granules:
+        raise ValueError(f"mesh.dcn_data={dcn[0]} x mesh.dcn_fsdp={dcn[1]} {what} asked for, the devices form "
+                         f"{granules}: make the product {granules}")
+    if any(size % d for size, d in zip(shape, dcn)):
+        raise ValueError(f"mesh data={shape[0]} x fsdp={shape[1]} cannot span dcn_data={dcn[0]} x dcn_fsdp={dcn[1]} "
+                         f"{what}: each axis must be a multiple of the {what} it spans")
+    inner = tuple(size // d for size, d in zip(shape, dcn))
+    grid = mesh_utils.create_hybrid_device_mesh(inner, dcn, devices, process_is_granule=by_host)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
 def batch_axis_size(mesh: Mesh, rules) -> int:
