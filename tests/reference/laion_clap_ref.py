@@ -49,11 +49,13 @@ def clap_modules():
     # imported against it): laion_clap must import against the stand-ins; all comes back afterwards.
     shadowed = [n for n in sys.modules if n in standins or n.split(".")[0] in ("librosa", "torchlibrosa")]
     saved = {n: sys.modules.pop(n) for n in shadowed}
-    before = set(sys.modules)
     import transformers  # resolved before the stand-ins: transformers probes for torchvision with find_spec
 
     for name in ("BertModel", "RobertaModel", "BartModel", "RobertaTokenizer", "BertTokenizer", "BartTokenizer"):
         getattr(transformers, name)
+    # Only what imports against the stand-ins is removed afterwards: torch and transformers modules
+    # stay (imported twice, torch.distributed registers its operator library twice and fails).
+    before = set(sys.modules)
     pkg = types.ModuleType("clap_module")  # the package without its __init__ (training-code imports)
     pkg.__path__ = [pkg_dir]
     try:
@@ -62,7 +64,8 @@ def clap_modules():
         yield importlib.import_module("clap_module.model"), importlib.import_module("clap_module.htsat")
     finally:
         for name in set(sys.modules) - before:
-            del sys.modules[name]
+            if name.split(".")[0] not in ("torch", "transformers"):
+                del sys.modules[name]
         sys.modules.update(saved)
 
 
