@@ -118,11 +118,12 @@ def compile_train_step_for(cfg, topology: str, num_slices: int = 1) -> Dict[str,
     """The train step of `cfg` on its mesh over the slice's devices, compiled; the report."""
     import jax
     import jax.numpy as jnp
+    from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec
 
     from magnet_jax.nn.attention_kernels import target_platform
     from magnet_jax.parallel.logical import axis_rules
-    from magnet_jax.parallel.mesh import data_sharding, make_mesh
+    from magnet_jax.parallel.mesh import data_sharding, make_mesh, tree_shardings
     from magnet_jax.train.flops import train_step_flops
     from magnet_jax.train.optimizer import make_optimizer
     from magnet_jax.train.state import abstract_train_state, model_graphdef
@@ -133,6 +134,12 @@ def compile_train_step_for(cfg, topology: str, num_slices: int = 1) -> Dict[str,
     mesh, rules = make_mesh(cfg.mesh, devices), cfg.mesh.rules
     g, t, k, s = cfg.train.global_batch_size, cfg.data.num_frames, cfg.lm.n_q, cfg.conditioner.max_text_len
     tx, schedule = make_optimizer(cfg.optim, cfg.train.num_steps)
+    t5 = None
+    if cfg.conditioner.encoder == "t5":  # abstract outside the mesh (its axis names are logical ones)
+        t5_cfg, t5 = abstract_t5(cfg, jnp.dtype(cfg.lm.dtype))
+        if t5_cfg.d_model != cfg.conditioner.output_dim:
+            raise ValueError(f"the T5 encoder has width {t5_cfg.d_model} but conditioner.output_dim="
+                             f"{cfg.conditioner.output_dim}; set it to {t5_cfg.d_model}")
     with jax.set_mesh(mesh), axis_rules(rules), target_platform("tpu"):
         per_device = check_batch_sizes(cfg, mesh, rules)
         state, shardings = abstract_train_state(cfg, tx, mesh, rules)
@@ -143,23 +150,22 @@ def compile_train_step_for(cfg, topology: str, num_slices: int = 1) -> Dict[str,
                  for name, (shape, dtype) in shapes.items()}
         replicated = NamedSharding(mesh, PartitionSpec())
         key = _abstract(jax.eval_shape(lambda: jax.random.key(0)), lambda _: replicated)
-        text_encoder, frozen = None, ()
-        if cfg.conditioner.encoder == "t5":
-            from flax import nnx
-
-            t5_cfg, t5 = abstract_t5(cfg, jnp.dtype(cfg.lm.dtype))
-            if t5_cfg.d_model != cfg.conditioner.output_dim:
-                raise ValueError(f"the T5 encoder has width {t5_cfg.d_model} but conditioner.output_dim="
-                                 f"{cfg.conditioner.output_dim}; set it to {t5_cfg.d_model}")
+        text_encoder, frozen, t5_shardings = None, (), None
+        if t5 is not None:
             t5_graph, t5_params = nnx.split(t5)
-            text_encoder, frozen = t5_encoder_fn(t5_graph), (_abstract(t5_params, lambda _: replicated),)
-        step = compile_train_step(cfg, model_graphdef(cfg), tx, schedule, shardings, batch, mesh, rules, text_encoder)
+            t5_shardings = tree_shardings(t5_params, mesh, rules)  # placed as the trainer places it
+            frozen = (jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), t5_params,
+                                   t5_shardings),)
+            text_encoder = t5_encoder_fn(t5_graph)
+        step = compile_train_step(cfg, model_graphdef(cfg), tx, schedule, shardings, batch, mesh, rules, text_encoder,
+                                  t5_shardings)
         compile_s, memory = _compile(step.lower(state, batch, key, *frozen))
     flops = train_step_flops(cfg, g, s)
     n = len(devices)
     # Streamed per step at least: the sharded state read and written, the frozen T5 read once.
     state_bytes = sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in jax.tree.leaves(state))
-    stream = 2 * state_bytes + sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(frozen))
+    stream = 2 * state_bytes + sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
+                                    for x in jax.tree.leaves(frozen))
     roofline = max(flops / (n * peak * 1e12), stream / (bandwidth * 1e9))
     return dict(kind="train_step", config=cfg.name, topology=topology, num_slices=num_slices, chip=kind, devices=n,
                 mesh=dict(mesh.shape), global_batch=g, per_device_batch=per_device,

@@ -87,3 +87,12 @@ def test_train_step_compiles_for_two_slices(capsys):
     assert cli.main(argv) == 0
     report = _last_json(capsys.readouterr().out)
     assert report["devices"] == 8 and report["num_slices"] == 2 and report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+
+
+def test_a_t5_conditioned_step_compiles_with_the_encoder_sharded():
+    """The frozen T5 (t5-small's shapes, nothing downloaded) placed by the mesh rules, as the trainer does."""
+    cfg = load_config("configs/tiny.py", ["conditioner.encoder=t5", "conditioner.t5_name=t5-small",
+                                          "conditioner.output_dim=512", "mesh.data=1", "mesh.fsdp=-1"])
+    report = aot.compile_train_step_for(cfg, "v5e:2x2")
+    # t5-small's encoder is about 35M parameters (141 MB in float32): a quarter per chip, plus the LM's state.
+    assert report["fits"] and report["argument_bytes"] < 141e6 / 4 + 2 * report["state_bytes_per_device"] + 1e6

@@ -1,6 +1,7 @@
 """Our Flax T5 encoder against transformers' PyTorch T5 (random weights, local tokenizer)."""
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -86,3 +87,30 @@ def test_tokenizer_knows_the_words_and_pads(tmp_path):
     fixed._fast = None  # the tokenizer's own call gives the same
     for a, b in zip(fixed(["a dog barks " * 20, ""]), (long_ids, long_mask)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_frozen_encoder_is_sharded_by_the_mesh_rules(tmp_path):
+    """FSDP over 8 devices: the trainer places T5's kernels over fsdp (t5-large on a pod), and its
+    hidden states are those of the replicated encoder; under pure data parallelism it stays whole."""
+    from magnet_jax.config_io import load_config
+    from magnet_jax.parallel.logical import axis_rules
+    from magnet_jax.parallel.mesh import make_mesh
+    from magnet_jax.train.trainer import frozen_text_encoder
+
+    make_t5(tmp_path / "t5", full=False, tokenizer=False)
+    ids = jnp.asarray(np.random.default_rng(0).integers(2, 96, (8, 6)), jnp.int32)
+    mask = jnp.ones((8, 6), jnp.int32).at[0, 4:].set(0)
+    out = {}
+    for mesh_axes in (["mesh.data=1", "mesh.fsdp=-1"], ["mesh.data=-1"]):
+        cfg = load_config("configs/tiny.py", ["conditioner.encoder=t5", f"conditioner.t5_name={tmp_path / 't5'}",
+                                              "conditioner.output_dim=32", *mesh_axes])
+        mesh = make_mesh(cfg.mesh)
+        encode, params = frozen_text_encoder(cfg, mesh)
+        specs = {tuple(x.sharding.spec) for x in jax.tree.leaves(params)}
+        with jax.set_mesh(mesh), axis_rules(cfg.mesh.rules):
+            out[mesh_axes[0]] = np.asarray(jax.jit(encode)(params, ids, mask))
+        if "mesh.fsdp=-1" in mesh_axes:
+            assert {("fsdp",), (None, "fsdp")} <= specs, specs  # kernels [embed, .] and [., embed]
+        else:
+            assert specs == {()}, specs
+    np.testing.assert_allclose(out["mesh.data=1"], out["mesh.data=-1"], atol=1e-5)

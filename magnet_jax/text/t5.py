@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from magnet_jax.parallel.logical import constrain
+
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
@@ -68,8 +70,11 @@ def relative_position_buckets(q_len: int, k_len: int, num_buckets: int, max_dist
     return (bucket + np.where(n < exact, n, large)).astype(np.int32)
 
 
-def _dense(rngs, n_in, n_out, param_dtype):
-    return nnx.Param(jax.random.normal(rngs.params(), (n_in, n_out), param_dtype) * (n_in ** -0.5))
+def _dense(rngs, n_in, n_out, param_dtype, axes):
+    """A kernel with the LM's logical axis names, so the frozen encoder shards by the same rules
+    (over fsdp/tensor on a pod; replicated under pure data parallelism)."""
+    return nnx.Param(jax.random.normal(rngs.params(), (n_in, n_out), param_dtype) * (n_in ** -0.5),
+                     out_sharding=axes, eager_sharding=False)
 
 
 class T5Norm(nnx.Module):
@@ -88,14 +93,14 @@ class T5Block(nnx.Module):
         inner = cfg.num_heads * cfg.d_kv
         self.cfg, self.dtype = cfg, dtype
         self.attn_norm = T5Norm(cfg.d_model, cfg.layer_norm_epsilon, param_dtype=param_dtype)
-        self.q = _dense(rngs, cfg.d_model, inner, param_dtype)
-        self.k = _dense(rngs, cfg.d_model, inner, param_dtype)
-        self.v = _dense(rngs, cfg.d_model, inner, param_dtype)
-        self.o = _dense(rngs, inner, cfg.d_model, param_dtype)
+        self.q = _dense(rngs, cfg.d_model, inner, param_dtype, ("embed", "heads"))
+        self.k = _dense(rngs, cfg.d_model, inner, param_dtype, ("embed", "heads"))
+        self.v = _dense(rngs, cfg.d_model, inner, param_dtype, ("embed", "heads"))
+        self.o = _dense(rngs, inner, cfg.d_model, param_dtype, ("heads", "embed"))
         self.ff_norm = T5Norm(cfg.d_model, cfg.layer_norm_epsilon, param_dtype=param_dtype)
-        self.wi_0 = _dense(rngs, cfg.d_model, cfg.d_ff, param_dtype)
-        self.wi_1 = _dense(rngs, cfg.d_model, cfg.d_ff, param_dtype) if cfg.gated else None
-        self.wo = _dense(rngs, cfg.d_ff, cfg.d_model, param_dtype)
+        self.wi_0 = _dense(rngs, cfg.d_model, cfg.d_ff, param_dtype, ("embed", "mlp"))
+        self.wi_1 = _dense(rngs, cfg.d_model, cfg.d_ff, param_dtype, ("embed", "mlp")) if cfg.gated else None
+        self.wo = _dense(rngs, cfg.d_ff, cfg.d_model, param_dtype, ("mlp", "embed"))
 
     def __call__(self, x, bias):
         """x [B, S, D]; bias [B or 1, H, S, S] fp32 (positions + padding)."""
@@ -122,7 +127,8 @@ class T5Encoder(nnx.Module):
             raise ValueError(f"T5 feed_forward_proj={config.feed_forward_proj!r}: activation {config.activation!r} "
                              f"is not one of {sorted(_ACTIVATIONS)}")
         self.config, self.dtype = config, dtype
-        self.embed = nnx.Param(jax.random.normal(rngs.params(), (config.vocab_size, config.d_model), param_dtype))
+        self.embed = nnx.Param(jax.random.normal(rngs.params(), (config.vocab_size, config.d_model), param_dtype),
+                               out_sharding=("vocab", "embed"), eager_sharding=False)
         self.relative_bias = nnx.Param(
             jax.random.normal(rngs.params(), (config.relative_attention_num_buckets, config.num_heads), param_dtype))
         self.blocks = nnx.List([T5Block(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -137,7 +143,9 @@ class T5Encoder(nnx.Module):
         pos = jnp.transpose(self.relative_bias[...].astype(jnp.float32)[buckets], (2, 0, 1))[None]  # [1, H, S, S]
         pad = jnp.where(attention_mask.astype(bool), 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
         bias = pos + pad
-        x = self.embed[...][input_ids].astype(self.dtype)
+        # The table whole for the lookup (as the LM's; it may be sharded at rest).
+        table = constrain(self.embed[...], (None, None))
+        x = constrain(table[input_ids].astype(self.dtype), ("batch", "length", "embed"))
         for block in self.blocks:
-            x = block(x, bias)
+            x = constrain(block(x, bias), ("batch", "length", "embed"))
         return self.final_norm(x).astype(jnp.float32)

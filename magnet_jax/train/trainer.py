@@ -23,7 +23,7 @@ from magnet_jax.config_io import format_config
 from magnet_jax.eval.token_metrics import format_summary, protocol_evaluator
 from magnet_jax.parallel.distributed import barrier, gather_to_process_zero
 from magnet_jax.parallel.logical import axis_rules
-from magnet_jax.parallel.mesh import batch_axis_size, data_sharding, make_mesh
+from magnet_jax.parallel.mesh import batch_axis_size, data_sharding, make_mesh, tree_shardings
 from magnet_jax.run_lock import RunLock
 from magnet_jax.train.checkpoint import Checkpointer
 from magnet_jax.train.metrics import MetricsWriter, summarise_train_window
@@ -85,7 +85,9 @@ def t5_folder(cfg: Config):
 
 
 def frozen_text_encoder(cfg: Config, mesh):
-    """(text_encoder fn, replicated frozen params) of the T5 encoder, or (None, None)."""
+    """(text_encoder fn, frozen params) of the T5 encoder, or (None, None). The parameters are
+    placed by the mesh rules, as the LM's: sharded over fsdp/tensor (t5-large on a pod),
+    replicated under pure data parallelism."""
     if cfg.conditioner.encoder != "t5":
         return None, None
     from flax import nnx
@@ -97,7 +99,7 @@ def frozen_text_encoder(cfg: Config, mesh):
         raise ValueError(f"the T5 encoder has width {t5_cfg.d_model} but conditioner.output_dim="
                          f"{cfg.conditioner.output_dim}; set it to {t5_cfg.d_model}")
     graphdef, params = nnx.split(t5)
-    params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    params = jax.device_put(params, tree_shardings(params, mesh, cfg.mesh.rules))
     return t5_encoder_fn(graphdef), params
 
 
@@ -224,11 +226,14 @@ def to_global(batch: Dict[str, np.ndarray], mesh, rules, global_batch: int):
     return out
 
 
-def compile_train_step(cfg, graphdef, tx, schedule, shardings, example_batch, mesh, rules, text_encoder=None):
+def compile_train_step(cfg, graphdef, tx, schedule, shardings, example_batch, mesh, rules, text_encoder=None,
+                       frozen_shardings=None):
+    """frozen_shardings: the frozen T5's parameter shardings (default: replicated)."""
     step_fn = make_train_step(cfg, graphdef, tx, schedule, text_encoder)
     batch_sh = {k: data_sharding(mesh, rules, v.ndim) for k, v in example_batch.items()}
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    ins = (shardings, batch_sh, replicated) + ((replicated,) if text_encoder is not None else ())
+    frozen = replicated if frozen_shardings is None else frozen_shardings
+    ins = (shardings, batch_sh, replicated) + ((frozen,) if text_encoder is not None else ())
     return jax.jit(step_fn, in_shardings=ins, out_shardings=(shardings, replicated), donate_argnums=0)
 
 
@@ -321,7 +326,8 @@ def _train(cfg: Config, workdir: str, progress: bool, stop_after: Optional[int],
             return to_global(reader.read(step), mesh, rules, g)
 
         first = host_batch(start)
-        step_fn = compile_train_step(cfg, graphdef, tx, schedule, shardings, first, mesh, rules, text_encoder)
+        step_fn = compile_train_step(cfg, graphdef, tx, schedule, shardings, first, mesh, rules, text_encoder,
+                                     None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen))
         base_key = jax.random.key(tcfg.seed)
         t0 = time.time()
         compiled = step_fn.lower(state, first, base_key, *frozen_args).compile()
