@@ -26,8 +26,10 @@ bench/train_step.py's `measure_train_step` on this machine at a small --step-bat
 conditioner.encoder='embedding' (the frozen T5 forward is left out, so the real step is slower and
 the ratio a lower bound), or given as --step-time (seconds per step of the config's global batch on
 --step-devices devices, scaled to --devices-per-host). An analytic line adds what a host of
---project-devices accelerators at --project-mfu would consume. Progress goes to stderr; the last
-line is a one-line summary.
+--project-devices accelerators at --project-mfu would consume, and per accelerator host (a TPU v5e
+and a v5p host, an 8 x H100 node): their need at --project-mfu beside this machine's per-core rate
+times the host's cores (the cores that cover 5x the need). Progress goes to stderr; the last line
+is a one-line summary.
 """
 from __future__ import annotations
 
@@ -181,6 +183,28 @@ def measure_step(args, overrides, cfg):
         f"(encoder=embedding, MFU {100 * r['mfu']:.1f}% of {r['peak_label']}), x{dev or n} devices/host")
 
 
+# Accelerator hosts: (accelerator, accelerators per host, vCPUs per host), from the public machine types
+# (TPU v5e ct5lp-hightpu-4t, TPU v5p host, GPU a3-highgpu-8g).
+HOSTS = {"TPU v5e host": ("TPU v5e", 4, 224), "TPU v5p host": ("TPU v5p", 4, 208),
+         "8 x H100 node": ("H100", 8, 208)}
+
+
+def _host_projection(it_rate: float, per_example_flops: float, mfu: float, peaks) -> None:
+    """The pipeline's rate per core here, scaled to each host's cores (grain worker processes scale
+    past the GIL: one per core, `data.num_workers`), against what that host's accelerators consume
+    at `mfu` (analytic). Both sides are projections; the per-core rate is measured."""
+    cores = os.cpu_count() or 1
+    per_core = it_rate / cores
+    print(f"per core: {per_core:,.0f} examples/s ({it_rate:,.0f} on {cores} cores)")
+    for host, (device, n, vcpus) in HOSTS.items():
+        need = peaks[device] * 1e12 * mfu / per_example_flops * n
+        supply = per_core * vcpus
+        print(f"  {host}: {n} x {device} at {100 * mfu:.0f}% MFU need {need:,.0f} examples/s; {vcpus} cores x "
+              f"{per_core:,.0f} = {supply:,.0f} examples/s = {supply / need:,.1f}x the need (target >= "
+              f"{TARGET_RATIO:g}x: {'met' if supply >= TARGET_RATIO * need else 'NOT met'}); "
+              f"{TARGET_RATIO * need / per_core:,.0f} cores cover {TARGET_RATIO:g}x")
+
+
 def _parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/magnet_small_10s.py")
@@ -288,6 +312,7 @@ def main():
         from magnet_jax.train.flops import PEAK_TFLOPS, train_step_flops
 
         per_example = train_step_flops(cfg, 1, cfg.conditioner.max_text_len)
+        _host_projection(it_rate, per_example, args.project_mfu, PEAK_TFLOPS)
         rate = PEAK_TFLOPS[args.project_device] * 1e12 * args.project_mfu / per_example * args.project_devices
         print(f"projection (analytic, not measured): {args.project_devices} x {args.project_device} at "
               f"{100 * args.project_mfu:.0f}% MFU ({per_example / 1e12:.2f} model TFLOP per example, LM only) consume "
