@@ -48,6 +48,13 @@ class StageTables:
         return cls(num, rate, ratio, units, prompt_units)
 
 
+    @classmethod
+    def concatenate(cls, stages) -> "StageTables":
+        """Several stages' tables end to end (stages of the same sequence: same units)."""
+        return cls(np.concatenate([t.num_masked for t in stages]), np.concatenate([t.mask_rate for t in stages]),
+                   np.concatenate([t.temp_ratio for t in stages]), stages[0].units, stages[0].prompt_units)
+
+
 @struct.dataclass
 class StageState:
     codes: jnp.ndarray  # [B, K, T] int32, mask id where not generated yet
@@ -78,10 +85,11 @@ def query_sizes(length: int, buckets: int) -> list:
     return sorted(sizes | {length})
 
 
-def decode_step(model: StepModel, state: StageState, i, key, knobs: DecodeKnobs, *, stage: int, tables: StageTables,
+def decode_step(model: StepModel, state: StageState, i, key, knobs: DecodeKnobs, *, stage, tables: StageTables,
                 settings: SamplerSettings, mask_id: int, prompt: Optional[jnp.ndarray],
                 rescore: Optional[Callable] = None) -> StageState:
-    """One step. `model` runs the LM for `stage` (see StepModel). `i` may be traced.
+    """One step. `model` runs the LM for `stage` (see StepModel). `i` (the index into `tables`) and
+    `stage` may be traced.
 
     rescore(codes [B, K, T]) -> [B, T]: a rescorer's probability of codebook `stage`'s tokens
     in the candidate (decode/rescoring.py); mixed into the confidence by Eq. 5 with weight

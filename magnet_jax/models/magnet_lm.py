@@ -187,14 +187,16 @@ class MagnetLM(nnx.Module):
             x = self.out_norm(x)
         return x
 
-    def decode_logits(self, codes: jnp.ndarray, cross: Optional[GuidedCross], *, stage: int, guided: bool):
+    def decode_logits(self, codes: jnp.ndarray, cross: Optional[GuidedCross], *, stage: Stage, guided: bool,
+                      pattern_stage: Optional[int] = None):
         """The sampler's forward: fp32 logits `[B, T, card]` of one `stage`, or with `guided`
         (classifier-free guidance) the pair (text, null text) computed from one [2B] batch in
         which the rows share their first self-attention and only the text rows cross-attend.
-        `cross` comes from `cross_context`."""
+        `cross` comes from `cross_context`. A traced `stage` (the sampler's later stages in one
+        loop) takes its attention pattern from the static `pattern_stage`."""
         b = codes.shape[0]
         x = constrain(self.embed(codes), ("batch", "length", "embed"))
-        self_mask = self.self_attention_mask(codes.shape[-1], stage)
+        self_mask = self.self_attention_mask(codes.shape[-1], _pattern(stage, pattern_stage))
         if guided and cross is not None:
             x = self.transformer.guided(x, self_mask, cross)
         else:  # without cross-attention both halves are the same rows
@@ -212,14 +214,14 @@ class MagnetLM(nnx.Module):
     def _shares_last_self_attention(self, cross, guided: bool) -> bool:
         return guided and cross is not None and self.config.num_layers == 1
 
-    def decode_prefix(self, codes: jnp.ndarray, cross: Optional[GuidedCross], *, stage: int, guided: bool
-                      ) -> DecodePrefix:
+    def decode_prefix(self, codes: jnp.ndarray, cross: Optional[GuidedCross], *, stage: Stage, guided: bool,
+                      pattern_stage: Optional[int] = None) -> DecodePrefix:
         """Every layer but the last over all positions, then the last one's keys/values: the
         part of `decode_logits` that every position needs (keys see the whole sequence)."""
         last = self.config.num_layers - 1
         b = codes.shape[0]
         x = constrain(self.embed(codes), ("batch", "length", "embed"))
-        self_mask = self.self_attention_mask(codes.shape[-1], stage)
+        self_mask = self.self_attention_mask(codes.shape[-1], _pattern(stage, pattern_stage))
         if guided and cross is not None:
             x = self.transformer.guided(x, self_mask, cross, layers=last)
         elif last:
@@ -230,7 +232,7 @@ class MagnetLM(nnx.Module):
         return DecodePrefix(hidden=x, key_value=layer.self_key_value(source))
 
     def decode_logits_at(self, prefix: DecodePrefix, positions: jnp.ndarray, cross: Optional[GuidedCross], *,
-                         stage: int, guided: bool, guidance=None):
+                         stage: Stage, guided: bool, guidance=None, pattern_stage: Optional[int] = None):
         """`decode_logits` at positions [B, C] only (in [0, T)): [B, C, card], or the (text, null
         text) pair with `guided`. The last layer, the final norm and the head run for those
         positions alone; `prefix` is `decode_prefix` of the same codes.
@@ -245,7 +247,7 @@ class MagnetLM(nnx.Module):
         rows = jnp.concatenate([positions, positions]) if two else positions
         x = jnp.take_along_axis(prefix.hidden, rows[..., None], axis=1)  # [R, C, D]
         layer = self.transformer.layer(last)
-        self_mask = self.self_attention_mask(t, stage)
+        self_mask = self.self_attention_mask(t, _pattern(stage, pattern_stage))
         if self._shares_last_self_attention(cross, guided):
             y = layer.self_block(x[:b], self_mask, kv=prefix.key_value, positions=positions)
             y = jnp.concatenate([y, y], axis=0)
@@ -270,3 +272,13 @@ class MagnetLM(nnx.Module):
         if not guided:
             return logits
         return (logits[:b], logits[b:]) if two else (logits, logits)
+
+
+def _pattern(stage: Stage, pattern_stage: Optional[int]) -> Stage:
+    """The stage whose attention pattern applies: `pattern_stage` when given (static, standing
+    for a traced `stage` of the same kind: 0, or any later stage)."""
+    if pattern_stage is None:
+        return stage
+    if not isinstance(pattern_stage, int):
+        raise TypeError(f"pattern_stage must be a Python int, got {type(pattern_stage).__name__}")
+    return pattern_stage
