@@ -11,17 +11,33 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # thread. Suspected cause of an intermittent abort (its message lost to capfd) in the 8-device
 # train-step tests of long runs.
 os.environ.setdefault("NPROC", "32")
-# CLI calls in tests (and the processes they start) turn JAX's persistent compilation cache on: keep it
-# in a folder of this session, never the user's ~/.cache (whose entries other runs wrote, or a killed
-# process left torn: reading such an entry has crashed a test process here).
+# The processes tests start (CLI runs, local clusters) use JAX's persistent compilation cache: keep it in
+# a folder of this session, never the user's ~/.cache (whose entries other runs wrote, or a killed process
+# left torn: reading such an entry has crashed a test process here).
 import tempfile  # noqa: E402
 
 os.environ.setdefault("MAGNET_JAX_CACHE", tempfile.mkdtemp(prefix="magnet_jax_test_cache_"))
+_SUBPROCESS_CACHE = os.environ["MAGNET_JAX_CACHE"]
+# This process has a cache of its own, on from the start: tests compile many identical programs (the
+# suite takes a third longer without it), and it holds only what this process compiled (loading
+# executables that processes with other flags wrote is the likely cause of a segfault seen in CI).
+_IN_PROCESS_CACHE = tempfile.mkdtemp(prefix="magnet_jax_test_inprocess_cache_")
 
 import jax  # noqa: E402
 
-# ... but not in this process: the CLI calls tests make in-process would turn it on for every later test,
-# which would then load executables that other tests and processes compiled (a segfault in CI, unexplained).
-# The processes tests start still use it; test_compilation_cache checks that it works.
-jax.config.update("jax_enable_compilation_cache", False)
+from magnet_jax.decode import sampler as _sampler  # noqa: E402
+
+_sampler.enable_compilation_cache(_IN_PROCESS_CACHE)
+_enable = _sampler.enable_compilation_cache
+
+
+def _enable_in_process(path=None, min_compile_time_secs: float = 1.0) -> str:
+    """What CLI calls made inside this process turn on: this process's own cache, unless a test
+    points $MAGNET_JAX_CACHE elsewhere (test_trainer checks that the CLI honours it)."""
+    if path is None and os.environ.get("MAGNET_JAX_CACHE") == _SUBPROCESS_CACHE:
+        path = _IN_PROCESS_CACHE
+    return _enable(path, min_compile_time_secs)
+
+
+_sampler.enable_compilation_cache = _enable_in_process
 jax.config.update("jax_default_matmul_precision", "highest")
