@@ -95,4 +95,4 @@ def test_a_t5_conditioned_step_compiles_with_the_encoder_sharded():
                                           "conditioner.output_dim=512", "mesh.data=1", "mesh.fsdp=-1"])
     report = aot.compile_train_step_for(cfg, "v5e:2x2")
     # t5-small's encoder is about 35M parameters (141 MB in float32): a quarter per chip, plus the LM's state.
-    assert report["fits"] and report["argument_bytes"] < 141e6 / 4 + 2 * report["state_bytes_per_device"] + 1e6
+    assert report["fits"] and report["argument_bytes"] < 141e6 / 4 + report["state_bytes_per_device"] + 1e6
