@@ -3,10 +3,12 @@
     sampler = MagnetSampler(lm)                       # an nnx MagnetLM (or graphdef + params)
     codes = sampler.generate(condition, condition_mask, key, settings, knobs, length=500)
 
-`generate` runs every stage inside one `jax.jit`: stages unrolled in Python (static stage
-index: attention mask, head, step count), the steps of a stage in `lax.fori_loop`, the
-per-step span counts from host tables, the cross-attention keys/values of the text
-computed once before the loop. Under classifier-free guidance the [text; null text] batch
+`generate` runs every stage inside one `jax.jit`: stage 0 (full attention) as one
+`lax.fori_loop` over its steps, then every later stage (all with the local window) as one
+more `fori_loop` over their steps with a traced stage index (codebook, head and tables
+looked up per step): two compiled step bodies, whatever the number of codebooks. The
+per-step span counts come from host tables; the cross-attention keys/values of the text are
+computed once before the loops. Under classifier-free guidance the [text; null text] batch
 shares its embedding and first self-attention, and only the text rows cross-attend (the
 null text's cross-attention output is a constant: zero without attention biases).
 `generate_stepwise` runs the very same step function from Python, one dispatch per step,
