@@ -17,27 +17,13 @@ os.environ.setdefault("NPROC", "32")
 import tempfile  # noqa: E402
 
 os.environ.setdefault("MAGNET_JAX_CACHE", tempfile.mkdtemp(prefix="magnet_jax_test_cache_"))
-_SUBPROCESS_CACHE = os.environ["MAGNET_JAX_CACHE"]
-# This process has a cache of its own, on from the start: tests compile many identical programs (the
-# suite takes a third longer without it), and it holds only what this process compiled (loading
-# executables that processes with other flags wrote is the likely cause of a segfault seen in CI).
-_IN_PROCESS_CACHE = tempfile.mkdtemp(prefix="magnet_jax_test_inprocess_cache_")
 
 import jax  # noqa: E402
 
-from magnet_jax.decode import sampler as _sampler  # noqa: E402
-
-_sampler.enable_compilation_cache(_IN_PROCESS_CACHE)
-_enable = _sampler.enable_compilation_cache
-
-
-def _enable_in_process(path=None, min_compile_time_secs: float = 1.0) -> str:
-    """What CLI calls made inside this process turn on: this process's own cache, unless a test
-    points $MAGNET_JAX_CACHE elsewhere (test_trainer checks that the CLI honours it)."""
-    if path is None and os.environ.get("MAGNET_JAX_CACHE") == _SUBPROCESS_CACHE:
-        path = _IN_PROCESS_CACHE
-    return _enable(path, min_compile_time_secs)
-
-
-_sampler.enable_compilation_cache = _enable_in_process
+# ... but none in this process. Tests compile many identical programs, so a cache here would save
+# time, but in this long-lived process JAX's cache has crashed it twice: a segfault in CI, and an
+# abort inside `put_executable_and_time` (serialising a train step) here. CLI calls made in-process
+# set the cache folder; this keeps it off. The processes tests start still use theirs
+# (test_compilation_cache checks that it works).
+jax.config.update("jax_enable_compilation_cache", False)
 jax.config.update("jax_default_matmul_precision", "highest")
