@@ -43,8 +43,10 @@ def tpu_devices(topology: str, num_slices: int = 1):
     try:
         from jax.experimental import topologies
 
-        desc = topologies.get_topology_desc(platform="tpu", topology_name=topology,
-                                            **({"num_slices": num_slices} if num_slices > 1 else {}))
+        options = {"num_slices": num_slices} if num_slices > 1 else {}
+        if topology.startswith("v4"):  # two TensorCores per chip, run as one device ("megacore") as v4 jobs do
+            options["chip_config_name"] = "megacore"
+        desc = topologies.get_topology_desc(platform="tpu", topology_name=topology, **options)
     except Exception as e:  # no libtpu, or a name it does not know
         raise ValueError(f"cannot describe the TPU topology {topology!r} ({type(e).__name__}: {str(e)[:200]}). "
                          f"Names look like {', '.join(EXAMPLE_TOPOLOGIES)} (chip type: v4, v5e, v5p, v6e; then the "
@@ -109,7 +111,9 @@ def _compile(lowered):
     out = dict(argument_bytes=int(m.argument_size_in_bytes), output_bytes=int(m.output_size_in_bytes),
                # Pallas TPU kernels in the program (lm.attention_impl=splash): Mosaic custom calls.
                pallas_kernels=lowered.as_text().count("tpu_custom_call"),
-               temp_bytes=int(m.temp_size_in_bytes), alias_bytes=int(m.alias_size_in_bytes))
+               temp_bytes=int(m.temp_size_in_bytes), alias_bytes=int(m.alias_size_in_bytes),
+               # host memory the program keeps (remat_policy=offload_dots_with_no_batch_dims)
+               host_temp_bytes=int(getattr(m, "host_temp_size_in_bytes", 0) or 0))
     out["per_device_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
     return time.perf_counter() - t0, out
 

@@ -49,7 +49,9 @@ class LMConfig:
     remat: bool = False  # rematerialise each layer in the backward pass
     # What a rematerialised layer keeps from the forward pass (config_checks.REMAT_POLICIES):
     # nothing_saveable (least memory), dots_with_no_batch_dims_saveable (the weight matmuls'
-    # outputs), dots_saveable (every matmul's output), everything_saveable (no recompute).
+    # outputs), dots_saveable (every matmul's output), everything_saveable (no recompute);
+    # offload_dots_with_no_batch_dims: the weight matmuls' outputs moved to host memory until the
+    # backward pass needs them (device memory of nothing_saveable, less recompute).
     remat_policy: str = "nothing_saveable"
     # Layers are scanned (one compiled body: fast compile); unroll > 1 trades compile time for speed.
     scan_unroll: int = 1

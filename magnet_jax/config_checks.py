@@ -44,8 +44,10 @@ RULES: Dict[str, _Rule] = {
     "data.num_workers": _AT_LEAST_0,
 }
 ATTENTION_IMPLS = ("xla", "cudnn", "splash")  # nn/attention_kernels.py
-# jax.checkpoint_policies by name, least memory first (nn/transformer.py applies them).
-REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable", "everything_saveable")
+# jax.checkpoint_policies by name, least device memory first (nn/transformer.py applies them);
+# offload_dots_with_no_batch_dims keeps what dots_with_no_batch_dims_saveable keeps in host memory.
+REMAT_POLICIES = ("nothing_saveable", "offload_dots_with_no_batch_dims", "dots_with_no_batch_dims_saveable",
+                  "dots_saveable", "everything_saveable")
 # Why a value is refused, where "must be ..." alone does not say what would go wrong.
 _WHY = {
     "train.keep_checkpoints": " (0 would keep no checkpoint of the trained model)",

@@ -46,8 +46,10 @@ def test_a_step_that_does_not_fit_exits_3_naming_the_knobs(capsys):
 
 
 def test_sampler_compiles_for_one_chip():
-    report = aot.compile_sampler_for(load_config("configs/tiny.py", []), "v5p:2x2x1", batch=2)
-    assert (report["chip"], report["devices"], report["batch"]) == ("TPU v5", 1, 2)
+    # v4: two TensorCores per chip, described as one device per chip ("megacore"), as v4 jobs run.
+    assert len(aot.tpu_devices("v4:2x2x1")) == 4
+    report = aot.compile_sampler_for(load_config("configs/tiny.py", []), "v4:2x2x1", batch=2)
+    assert (report["chip"], report["devices"], report["batch"]) == ("TPU v4", 1, 2)
     assert report["fits"] and report["roofline_step_s"] > 0 and report["tokens_per_step"] == 2 * 30 * 4
 
 

@@ -157,7 +157,7 @@ def test_remat_policies_change_memory_not_numbers():
     temps, out = {}, {}
     with jax.set_mesh(mesh), axis_rules(rules):
         batch = to_global(make_data_source(base).batch(0, g), mesh, rules, g)
-        for policy in ("off", "nothing_saveable", "dots_saveable"):
+        for policy in ("off", "nothing_saveable", "dots_saveable", "offload_dots_with_no_batch_dims"):
             lm = dataclasses.replace(base.lm, remat=policy != "off",
                                      remat_policy="nothing_saveable" if policy == "off" else policy)
             cfg = dataclasses.replace(base, lm=lm)
@@ -167,7 +167,7 @@ def test_remat_policies_change_memory_not_numbers():
             temps[policy] = compiled.memory_analysis().temp_size_in_bytes
             _, metrics = compiled(state, batch, jax.random.key(0))
             out[policy] = (float(metrics["loss"]), float(metrics["grad_norm"]))
-    for policy in ("nothing_saveable", "dots_saveable"):
+    for policy in ("nothing_saveable", "dots_saveable", "offload_dots_with_no_batch_dims"):
         np.testing.assert_allclose(out[policy], out["off"], rtol=1e-5)
     assert temps["nothing_saveable"] < temps["dots_saveable"] <= temps["off"], temps
     with pytest.raises(ValueError, match="lm.remat_policy='dots'.*nothing_saveable"):

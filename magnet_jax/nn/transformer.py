@@ -132,6 +132,14 @@ class GuidedCross:
     null_out: Optional[jnp.ndarray]
 
 
+def checkpoint_policy(name: str):
+    """A remat policy by name (config_checks.REMAT_POLICIES): jax.checkpoint_policies' own, or
+    offload_dots_with_no_batch_dims (saved weight-matmul outputs live in pinned host memory)."""
+    if name == "offload_dots_with_no_batch_dims":
+        return jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host")
+    return getattr(jax.checkpoint_policies, name)
+
+
 class TransformerStack(nnx.Module):
     """`num_layers` layers with parameters stacked on a leading `layers` axis, run by `nnx.scan`
     (one compiled body whatever the depth)."""
@@ -187,7 +195,7 @@ class TransformerStack(nnx.Module):
             return layer(h, self_mask, kv, cross_mask)
 
         if self.remat:
-            body = nnx.remat(body, policy=getattr(jax.checkpoint_policies, self.remat_policy))
+            body = nnx.remat(body, policy=checkpoint_policy(self.remat_policy))
 
         def step(h, layer_and_kv):
             return body(h, layer_and_kv), None
