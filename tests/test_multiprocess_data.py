@@ -20,7 +20,7 @@ from tests.reference import require
 
 require("torch")  # the tiny codec and T5 are made with transformers' PyTorch models
 
-STEPS = 16
+STEPS = 8  # checkpoints every 2 steps: the kill lands after the first, the rerun resumes there or later
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """`magnet-jax sweep`: a small grid end to end, resuming, refusals, and concurrent points."""
+import contextlib
 import csv
+import io
 import json
 import os
 
@@ -26,9 +28,20 @@ def write_sweep(tmp_path, grid=GRID, name="grid.py"):
     return str(path)
 
 
-def test_a_grid_trains_every_point_to_the_budget_and_writes_the_table(tmp_path, capsys, monkeypatch):
-    path, out = write_sweep(tmp_path), tmp_path / "sweep"
-    assert main(["sweep", "--config", path, "--workdir", str(out), "--no-progress"]) == 0
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    """The CLI's sweep of GRID, one point after the other (shared: the concurrent test compares with it)."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    path, out = write_sweep(tmp), tmp / "sweep"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["sweep", "--config", path, "--workdir", str(out), "--no-progress"]) == 0
+    assert "2 points" in printed.getvalue()
+    return path, out
+
+
+def test_a_grid_trains_every_point_to_the_budget_and_writes_the_table(grid_run, tmp_path, capsys, monkeypatch):
+    path, out = grid_run
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 2 * 2  # points x decoding settings
     assert {r["steps"] for r in rows} == {"6"}  # the budget: 6 steps of 8 clips of 30 frames x 4 codebooks
@@ -41,7 +54,6 @@ def test_a_grid_trains_every_point_to_the_budget_and_writes_the_table(tmp_path, 
     result = json.load(open(first / "result.json"))
     assert result["protocol"]["protocol"] == "masked-ce-v1" and len(result["decoding"]) == 2
     assert json.load(open(first / "eval_protocol.json"))["ce_cosine"] == result["protocol"]["ce_cosine"]
-    assert "2 points" in capsys.readouterr().out
     # `magnet-jax eval` on a point's run folder: the protocol numbers of its newest checkpoint.
     assert main(["eval", "--model", str(first), "--out", str(tmp_path / "ev")]) == 0
     printed = capsys.readouterr().out
@@ -50,10 +62,14 @@ def test_a_grid_trains_every_point_to_the_budget_and_writes_the_table(tmp_path, 
     assert again["step"] == 6 and abs(again["ce_cosine"] - result["protocol"]["ce_cosine"]) < 1e-5
 
     # A rerun skips the finished points; a point without its result is run again (it resumes).
-    os.remove(out / "points" / "span_len=3,subcodes_context=2" / "result.json")
+    kept = out / "points" / "span_len=3,subcodes_context=2" / "result.json"
+    os.rename(kept, tmp_path / "result.json")
     trained = []
     monkeypatch.setattr(sw, "run_point", lambda p, *a, **k: trained.append(p.name) or result)
-    sw.run_sweep(path, str(out), progress=False)
+    try:
+        sw.run_sweep(path, str(out), progress=False)
+    finally:
+        os.rename(tmp_path / "result.json", kept)  # the concurrent test compares with it
     assert trained == ["span_len=3,subcodes_context=2"]
 
 
@@ -120,20 +136,21 @@ def test_a_folder_of_another_grid_is_refused_unless_overwrite(tmp_path):
         sw.claim_directory(str(other), {"grid": 1}, overwrite=False)
 
 
-def test_concurrent_points_give_the_numbers_of_sequential_runs(tmp_path):
+def test_concurrent_points_give_the_numbers_of_sequential_runs(grid_run, tmp_path):
     """Two points at once, each on 4 of the 8 (fake) devices, against one after the other on all 8."""
     import jax
     import numpy as np
 
     assert len(jax.devices()) == 8  # tests/conftest.py
-    path = write_sweep(tmp_path, {"masking.span_len": [1, 3]})
-    sequential = sw.run_sweep(path, str(tmp_path / "seq"), progress=False)
+    path, seq = grid_run
     concurrent = sw.run_sweep(path, str(tmp_path / "con"), progress=False, concurrent=2)
-    assert [r["name"] for r in concurrent] == [r["name"] for r in sequential]
-    for a, b in zip(sequential, concurrent):
+    names = sorted(p.name for p in (seq / "points").iterdir())
+    assert [r["name"] for r in concurrent] == names and len(names) == 2
+    for b in concurrent:
+        a = json.load(open(seq / "points" / b["name"] / "result.json"))
         np.testing.assert_allclose(b["protocol"]["ce"], a["protocol"]["ce"], rtol=1e-4)
-        losses = [[r["loss"] for r in map(json.loads, open(d / "points" / a["name"] / "metrics.jsonl"))
-                   if r["kind"] == "train"] for d in (tmp_path / "seq", tmp_path / "con")]
+        losses = [[r["loss"] for r in map(json.loads, open(d / "points" / b["name"] / "metrics.jsonl"))
+                   if r["kind"] == "train"] for d in (seq, tmp_path / "con")]
         np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
     with pytest.raises(ValueError, match="divisor of the 8 devices"):
         sw.device_groups(3)
