@@ -3,11 +3,8 @@ import os
 
 # XLA aborts the whole process when a device waits long (tens of seconds) for the others at a collective; on a
 # 2-core machine running 8 fake devices beside other jobs that can be mere slowness.
-# LLVM at -O1: tests compile hundreds of small programs; a tenth less time for the compile-bound
-# ones, the same run time for the training runs (measured; float semantics do not change).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                                   "--xla_cpu_collective_call_terminate_timeout_seconds=300 "
-                                   "--xla_backend_optimization_level=1")
+                                   "--xla_cpu_collective_call_terminate_timeout_seconds=300")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # XLA:CPU's thread pool has about as many threads as cores (4 here, from $NPROC when set); 8 fake
 # devices waiting for each other at a collective can hold them all while the others wait for a
@@ -20,28 +17,15 @@ os.environ.setdefault("NPROC", "32")
 import tempfile  # noqa: E402
 
 os.environ.setdefault("MAGNET_JAX_CACHE", tempfile.mkdtemp(prefix="magnet_jax_test_cache_"))
-_SUBPROCESS_CACHE = os.environ["MAGNET_JAX_CACHE"]
-# This process has a cache of its own, on from the start: tests compile many identical programs (the
-# suite takes about a third longer without it). It holds only what this process compiled. Its two
-# crashes (a segfault in CI, an abort inside `put_executable_and_time` here) came while the sweep's
-# concurrent points compiled in threads; the sweep now writes nothing to the cache while they do.
-_IN_PROCESS_CACHE = tempfile.mkdtemp(prefix="magnet_jax_test_inprocess_cache_")
 
 import jax  # noqa: E402
 
-from magnet_jax.decode import sampler as _sampler  # noqa: E402
-
-_sampler.enable_compilation_cache(_IN_PROCESS_CACHE)
-_enable = _sampler.enable_compilation_cache
-
-
-def _enable_in_process(path=None, min_compile_time_secs: float = 1.0) -> str:
-    """What CLI calls made inside this process turn on: this process's own cache, unless a test
-    points $MAGNET_JAX_CACHE elsewhere (test_trainer checks that the CLI honours it)."""
-    if path is None and os.environ.get("MAGNET_JAX_CACHE") == _SUBPROCESS_CACHE:
-        path = _IN_PROCESS_CACHE
-    return _enable(path, min_compile_time_secs)
-
-
-_sampler.enable_compilation_cache = _enable_in_process
+# ... but none in this process. Tests compile many identical programs, so a cache here would save
+# time, but in this long-lived process JAX's cache has crashed it three times: a segfault in CI at 86%
+# of the suite, the same segfault here inside XLA's compile of test_sampler_audiocraft_parity's
+# sampler (2026-12-02, cache on), and an abort inside `put_executable_and_time` (serialising a
+# train step). CLI calls made in-process
+# set the cache folder; this keeps it off. The processes tests start still use theirs
+# (test_compilation_cache checks that it works).
+jax.config.update("jax_enable_compilation_cache", False)
 jax.config.update("jax_default_matmul_precision", "highest")
