@@ -24,8 +24,7 @@ import jax  # noqa: E402
 # time, but in this long-lived process JAX's cache has crashed it three times: a segfault in CI at 86%
 # of the suite, the same segfault here inside XLA's compile of test_sampler_audiocraft_parity's
 # sampler (2026-12-02, cache on), and an abort inside `put_executable_and_time` (serialising a
-# train step). CLI calls made in-process
-# set the cache folder; this keeps it off. The processes tests start still use theirs
-# (test_compilation_cache checks that it works).
+# train step). CLI calls made in-process set the cache folder; this keeps it off. The processes
+# tests start still use theirs (test_compilation_cache checks that it works).
 jax.config.update("jax_enable_compilation_cache", False)
 jax.config.update("jax_default_matmul_precision", "highest")

@@ -322,9 +322,10 @@ def _run_concurrently(todo: List[Point], decoding, sweep: Sweep, groups, finish)
                 return
 
     threads = [threading.Thread(target=worker, args=(g,), name=f"sweep-{i}") for i, g in enumerate(groups)]
-    # Nothing is written to the persistent compilation cache while threads compile at once: writing
-    # executables from several threads has aborted the process here (in JAX's put_executable_and_time).
-    # (JAX decides once per process whether it uses the cache; the write threshold is read per write.)
+    # Nothing is written to the persistent compilation cache while threads compile at once, a
+    # precaution: a process has aborted here inside JAX's put_executable_and_time while it cached a
+    # sweep point's train step. (JAX decides once per process whether it uses the cache; the write
+    # threshold is read at every write.)
     threshold = jax.config.jax_persistent_cache_min_compile_time_secs
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
     try:
