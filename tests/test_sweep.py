@@ -62,15 +62,24 @@ def test_a_grid_trains_every_point_to_the_budget_and_writes_the_table(grid_run, 
     assert again["step"] == 6 and abs(again["ce_cosine"] - result["protocol"]["ce_cosine"]) < 1e-5
 
     # A rerun skips the finished points; a point without its result is run again (it resumes).
+    # Concurrent points write nothing to the persistent compilation cache while they run (a
+    # precaution, sweep._run_concurrently); the threshold comes back afterwards.
+    import jax
+
     kept = out / "points" / "span_len=3,subcodes_context=2" / "result.json"
     os.rename(kept, tmp_path / "result.json")
-    trained = []
-    monkeypatch.setattr(sw, "run_point", lambda p, *a, **k: trained.append(p.name) or result)
+    threshold = jax.config.jax_persistent_cache_min_compile_time_secs
+    trained, seen = [], []
+    point = lambda p, *a, **k: trained.append(p.name) or seen.append(
+        jax.config.jax_persistent_cache_min_compile_time_secs) or result
+    monkeypatch.setattr(sw, "run_point", point)
     try:
         sw.run_sweep(path, str(out), progress=False)
+        sw.run_sweep(path, str(out), progress=False, concurrent=2)
     finally:
         os.rename(tmp_path / "result.json", kept)  # the concurrent test compares with it
-    assert trained == ["span_len=3,subcodes_context=2"]
+    assert trained == ["span_len=3,subcodes_context=2"] * 2
+    assert seen == [threshold, float("inf")] and jax.config.jax_persistent_cache_min_compile_time_secs == threshold
 
 
 def test_decoding_knobs_reuse_one_compiled_program():
