@@ -2,7 +2,7 @@
 process per compile (libtpu describes the slices; no TPU needed), as markdown rows.
 
     python bench/compile_table.py [--configs magnet_small_10s,magnet_medium_30s]
-        [--topologies v5e:4x4,v5p:2x2x4,v4:2x2x4] [--smallest v5e:2x2,v5e:2x4,v5e:4x4,v5e:8x8]
+        [--topologies v5e:4x4,v5p:2x2x4,v4:2x2x4] [--smallest v5e:2x2,v5e:2x4,v5e:4x4,v5e:4x8,v5e:8x8]
         [--config.k=v ...]
 
 Each config is compiled at its own (paper) batch size with FSDP over the whole slice and
