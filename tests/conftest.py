@@ -28,3 +28,48 @@ import jax  # noqa: E402
 # tests start still use theirs (test_compilation_cache checks that it works).
 jax.config.update("jax_enable_compilation_cache", False)
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# Memory maps: every test module's compiled programs are freed when it ends, and the suite stops
+# loudly, naming the count, well before the kernel's limit (tests/process_maps.py says why).
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests import process_maps  # noqa: E402
+
+_MODULE_MAPS = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    result = yield  # the test's fixtures, and the module's when it is the module's last test, are gone
+    name = item.module.__name__.rsplit(".", 1)[-1]
+    record = _MODULE_MAPS.setdefault(name, process_maps.ModuleMaps())
+    count = process_maps.map_count()
+    record.peak = max(record.peak, count)
+    if nextitem is None or nextitem.module is not item.module:
+        record.at_end, record.threads = count, process_maps.thread_count()
+        process_maps.free_compiled_programs()
+        count = record.after_free = process_maps.map_count()
+    limit = process_maps.map_limit()
+    if count > process_maps.GUARD_FRACTION * limit:
+        message = process_maps.guard_message(count, limit, item.nodeid)
+        item.session.shouldstop = message
+        pytest.fail(message, pytrace=False)
+    return result
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _MODULE_MAPS:
+        return
+    peak_name, peak = max(_MODULE_MAPS.items(), key=lambda kv: kv[1].peak)
+    rows = sorted(_MODULE_MAPS.items(), key=lambda kv: kv[1].at_end - kv[1].after_free, reverse=True)
+    terminalreporter.write_sep("-", f"memory maps: peak {peak.peak:,} (in {peak_name}); "
+                                    f"vm.max_map_count {process_maps.map_limit():,}")
+    terminalreporter.write_line("module: peak / at its end / after freeing its programs / threads (most freed first)")
+    for name, r in rows[:8]:
+        terminalreporter.write_line(f"  {name}: {r.peak:,} / {r.at_end:,} / {r.after_free:,} / {r.threads}")
+    report = os.environ.get("MAGNET_JAX_MAPS_REPORT")
+    if report:
+        with open(report, "w") as f:
+            json.dump({k: vars(v) for k, v in _MODULE_MAPS.items()}, f, indent=1)
