@@ -1,4 +1,4 @@
-"""The README's TPU table: `magnet-jax compile` of released configs on TPU topologies, one
+"""The TPU table of docs/scaling.md: `magnet-jax compile` of released configs on TPU topologies, one
 process per compile (libtpu describes the slices; no TPU needed), as markdown rows.
 
     python bench/compile_table.py [--configs magnet_small_10s,magnet_medium_30s]

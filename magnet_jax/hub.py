@@ -81,7 +81,7 @@ def _training_run_hint(path: Path) -> Optional[str]:
         return (f"{path} is a magnet-jax training run on the embedded synthetic data (the quickstart): that model "
                 "learned token streams with no codec behind them, so it has no audio to generate. The run already "
                 "scored its samples against the data's rules. To hear music, use an official model "
-                "(--model facebook/magnet-small-10secs) or train on audio tokens (README: Training on your own audio).")
+                "(--model facebook/magnet-small-10secs) or train on audio tokens (docs/training.md: Training on your own audio).")
     return (f"{path} is a magnet-jax training run (config.txt, checkpoints/), not an exported audiocraft model "
             f"folder ({' and '.join(LM_FILES)}); generating from training checkpoints is not supported yet.")
 
