@@ -5,8 +5,8 @@ from magnet_jax.decode.sampler import MagnetSampler, enable_compilation_cache
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 from magnet_jax.models.magnet_lm import MagnetLM
 from magnet_jax.pipeline import MAGNeT
+from magnet_jax.pretrained import load_pretrained
+from magnet_jax.version import __version__
 
-__version__ = "0.1.0"
-
-__all__ = ["MAGNeT", "Config", "DecodeConfig", "LMConfig", "load_config", "MagnetLM", "MagnetSampler", "SamplerSettings",
-           "DecodeKnobs", "enable_compilation_cache", "__version__"]
+__all__ = ["MAGNeT", "load_pretrained", "Config", "DecodeConfig", "LMConfig", "load_config", "MagnetLM",
+           "MagnetSampler", "SamplerSettings", "DecodeKnobs", "enable_compilation_cache", "__version__"]

@@ -125,13 +125,14 @@ def compile_train_step_for(cfg, topology: str, num_slices: int = 1) -> Dict[str,
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec
 
+    from magnet_jax.data.host_batches import check_batch_sizes
     from magnet_jax.nn.attention_kernels import target_platform
     from magnet_jax.parallel.logical import axis_rules
     from magnet_jax.parallel.mesh import data_sharding, make_mesh, tree_shardings
     from magnet_jax.train.flops import train_step_flops
     from magnet_jax.train.optimizer import make_optimizer
     from magnet_jax.train.state import abstract_train_state, model_graphdef
-    from magnet_jax.train.trainer import check_batch_sizes, compile_train_step, t5_encoder_fn
+    from magnet_jax.train.trainer import compile_train_step, t5_encoder_fn
 
     devices = tpu_devices(topology, num_slices)
     kind, (peak, bandwidth, hbm) = _chip(devices)

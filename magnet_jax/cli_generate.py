@@ -74,7 +74,7 @@ def _model_args(p, with_model: bool = True) -> None:
 
 
 def _load(args):
-    from magnet_jax.pipeline import load_pretrained
+    from magnet_jax.pretrained import load_pretrained
 
     model = load_pretrained(args.model, t5=args.t5, codec=args.codec, cache_dir=args.cache_dir,
                             local_files_only=args.offline, dtype=args.dtype,

@@ -27,6 +27,7 @@ from flax import nnx
 from magnet_jax import hub
 from magnet_jax.config import Config
 from magnet_jax.config_io import config_from_dict, config_to_dict
+from magnet_jax.version import __version__
 
 log = logging.getLogger(__name__)
 _TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -43,8 +44,6 @@ def cache_root(cache_dir: Optional[str] = None) -> Path:
 
 
 def _fingerprint(files, extra: str) -> str:
-    from magnet_jax import __version__
-
     h = hashlib.sha256(f"{_FORMAT}|{__version__}|{extra}".encode())
     for f in sorted(Path(p).resolve() for p in files):
         st = f.stat()

@@ -1,6 +1,6 @@
 """`MusicGen`: text -> T5 -> causal LM sampled autoregressively -> EnCodec -> waveform.
 
-    model = load_pretrained("facebook/musicgen-small")     # or a local folder (magnet_jax.pipeline)
+    model = load_pretrained("facebook/musicgen-small")     # or a local folder (magnet_jax.pretrained)
     wav = model.generate(["80s disco with a funky bass"], duration=8, seed=0)
 
 The same text conditioning, codec and audio plumbing as `MAGNeT`; decoding is the
@@ -28,7 +28,7 @@ _ALIASES = {"temp": "temperature"}
 class MusicGen(MAGNeT):
     def __init__(self, config: Config, model, t5, tokenizer, codec, *, name: str = "musicgen",
                  generation_defaults: str = "checkpoint"):
-        """As `MAGNeT`'s; prefer `MusicGen.from_pretrained` or `magnet_jax.pipeline.load_pretrained`."""
+        """As `MAGNeT`'s; prefer `MusicGen.from_pretrained` or `magnet_jax.pretrained.load_pretrained`."""
         super().__init__(config, model, t5, tokenizer, codec, name=name, generation_defaults=generation_defaults)
 
     @staticmethod

@@ -26,6 +26,7 @@ from magnet_jax.decode.long_form import generate_long
 from magnet_jax.decode.rescoring import DEFAULT_RESCORE_WEIGHT
 from magnet_jax.decode.sampler import MagnetSampler, output_length
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
+from magnet_jax.loading import load_pipeline_parts
 
 # Longer audio is windowed, one full decoding per window: an hour is ~540 windows of a 10 s model.
 MAX_DURATION_S = 3600.0
@@ -81,7 +82,7 @@ class MAGNeT:
     def _check_lm(config: Config) -> None:
         if config.lm.causal or (config.lm.codebook_delays and config.lm.kind != "hybrid"):
             raise ValueError("this checkpoint is a causal (MusicGen) LM: load it with "
-                             "magnet_jax.musicgen.MusicGen, or magnet_jax.pipeline.load_pretrained")
+                             "magnet_jax.musicgen.MusicGen, or magnet_jax.pretrained.load_pretrained")
 
     @staticmethod
     def _make_sampler(lm):
@@ -120,8 +121,6 @@ class MAGNeT:
     @classmethod
     def from_pretrained(cls, name_or_dir: str = "facebook/magnet-small-10secs", **kwargs) -> "MAGNeT":
         """A hub name (downloaded when online) or a local folder; see `magnet_jax.loading`."""
-        from magnet_jax.loading import load_pipeline_parts
-
         parts = load_pipeline_parts(name_or_dir, **{k: v for k, v in kwargs.items() if k != "generation_defaults"})
         return cls(*parts[:5], name=parts[5], generation_defaults=kwargs.get("generation_defaults", "checkpoint"))
 
@@ -277,16 +276,3 @@ class MAGNeT:
         codes = self.generate_codes(descriptions, duration=duration, seed=seed, prompt_codes=prompt,
                                     progress=progress, **overrides)
         return self.decode_codes(codes)
-
-
-def load_pretrained(name_or_dir: str, **kwargs):
-    """A MAGNeT or, for a causal LM checkpoint (facebook/musicgen-*), a MusicGen pipeline."""
-    from magnet_jax.loading import load_pipeline_parts
-
-    defaults = kwargs.pop("generation_defaults", "checkpoint")
-    parts = load_pipeline_parts(name_or_dir, **kwargs)
-    if parts[0].lm.causal:
-        from magnet_jax.musicgen import MusicGen
-
-        return MusicGen(*parts[:5], name=parts[5])
-    return MAGNeT(*parts[:5], name=parts[5], generation_defaults=defaults)

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from magnet_jax.config_io import load_config
+from magnet_jax.data.host_batches import to_global
 from magnet_jax.parallel.logical import axis_rules
 from magnet_jax.parallel.mesh import make_mesh
 from magnet_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
 from magnet_jax.train.metrics import read_metrics
 from magnet_jax.train.optimizer import make_optimizer
 from magnet_jax.train.state import abstract_train_state, build_train_state
-from magnet_jax.train.trainer import compile_train_step, make_data_source, to_global, train
+from magnet_jax.train.trainer import compile_train_step, make_data_source, train
 
 
 def _cfg(tmp_path, **train):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from magnet_jax.musicgen import MusicGen
-from magnet_jax.pipeline import MAGNeT, load_pretrained
+from magnet_jax.pipeline import MAGNeT
+from magnet_jax.pretrained import load_pretrained
 
 from tests.encodec_fixtures import make_encodec
 from tests.reference import audiocraft_lm as harness

@@ -1,6 +1,4 @@
 """The training bar counts finished steps (never waits for them) and leaves evals out of its rate."""
-import time
-
 from magnet_jax.train.progress import StepProgress
 
 
@@ -20,6 +18,9 @@ class FakeStep:
 
 def test_steps_count_when_finished_and_pauses_leave_the_timing():
     bar = StepProgress(total=10, initial=2, desc="t")
+    clock = [1000.0]  # the bar's clock, moved by hand: the test sees the behaviour, not the machine's speed
+    bar.bar._time = lambda: clock[0]
+    bar.bar.start_t = bar.bar.last_print_t = clock[0]
     try:
         a, b = FakeStep(), FakeStep()
         bar.dispatched(a)
@@ -28,10 +29,13 @@ def test_steps_count_when_finished_and_pauses_leave_the_timing():
         a.ready = True
         bar.dispatched(FakeStep())
         assert bar.bar.n == 3 and len(bar.pending) == 2  # in order: b still runs
-        with bar.paused():  # waits for the pending steps first, then an eval of 0.3 s
+        clock[0] += 2.0  # 2 s of steps
+        with bar.paused():  # waits for the pending steps first, then an eval of 300 s
             assert bar.bar.n == 5 and not bar.pending
-            time.sleep(0.3)
-        assert bar.bar.format_dict["elapsed"] < 0.25
+            clock[0] += 300.0
+        assert bar.bar.format_dict["elapsed"] == 2.0  # the steps' time only
+        clock[0] += 1.0
+        assert bar.bar.format_dict["elapsed"] == 3.0
     finally:
         bar.close()
 

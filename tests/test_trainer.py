@@ -74,7 +74,7 @@ def test_synthetic_data_refuses_a_text_encoder():
 
 
 def test_each_process_resumes_its_own_iterator_position(caplog):
-    from magnet_jax.train.trainer import host_iterator_state
+    from magnet_jax.data.host_batches import host_iterator_state
 
     two = {"data_iterator": [{"p": 0}, {"p": 1}]}
     assert host_iterator_state(two, 1, 2) == {"p": 1} and host_iterator_state(two, 0, 2) == {"p": 0}
@@ -86,7 +86,7 @@ def test_each_process_resumes_its_own_iterator_position(caplog):
 
 
 def test_the_last_checkpoint_is_finished_even_when_closing_the_reader_fails(tmp_path, monkeypatch):
-    from magnet_jax.train import trainer
+    from magnet_jax.data import host_batches
     from magnet_jax.train.checkpoint import Checkpointer
 
     closed = []
@@ -96,7 +96,7 @@ def test_the_last_checkpoint_is_finished_even_when_closing_the_reader_fails(tmp_
     def failing_close(self):
         raise RuntimeError("reader threads would not stop")
 
-    monkeypatch.setattr(trainer.BatchReader, "close", failing_close)
+    monkeypatch.setattr(host_batches.BatchReader, "close", failing_close)
     cfg = load_config("configs/tiny.py", [f"train.workdir={tmp_path / 'run'}", "train.num_steps=8",
                                           "train.checkpoint_every=8", "train.plot=False"])
     with pytest.raises(RuntimeError, match="would not stop"):

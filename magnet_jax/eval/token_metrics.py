@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from magnet_jax.config import Config
+from magnet_jax.data.host_batches import process_slice, to_global
 from magnet_jax.masking import mask_rate_to_span_starts_lut, span_mask
 from magnet_jax.train.step import encode_text, objective_of
 
@@ -131,8 +132,6 @@ def evaluate(eval_fn, params, batches, examples: int, frozen_args=(), protocol: 
 def protocol_evaluator(cfg: Config, graphdef, data, mesh, text_encoder=None, protocol: Protocol = PROTOCOL):
     """`(params, *frozen) -> summary` on the held-out examples of `data`, batched at the run's
     global batch size over `mesh` (every process calls it in a multi-process job)."""
-    from magnet_jax.train.trainer import process_slice, to_global
-
     g, rules = cfg.train.global_batch_size, cfg.mesh.rules
     host, n = protocol_batches(data, g, protocol)
     pidx, pcount = jax.process_index(), jax.process_count()

@@ -25,7 +25,7 @@ from magnet_jax.decode.delay_pattern import to_pattern
 from magnet_jax.decode.rescoring import frame_logits_of
 from magnet_jax.masking import get_schedule, span_mask
 from magnet_jax.nn.attention import hybrid_attention_mask
-from magnet_jax.train.step import condition_keep, masked_cross_entropy
+from magnet_jax.train.losses import condition_keep, masked_cross_entropy
 
 
 def hybrid_inputs(codes: jnp.ndarray, boundary: jnp.ndarray, stage, span: jnp.ndarray, delays, mask_id: int):

@@ -15,7 +15,8 @@ from flax import nnx
 
 from magnet_jax.config import Config
 from magnet_jax.masking import get_schedule, mask_rate_to_span_starts_lut, span_mask
-from magnet_jax.text.conditioner import cfg_dropout_keep
+from magnet_jax.train.hybrid import hybrid_loss
+from magnet_jax.train.losses import condition_keep, masked_cross_entropy
 from magnet_jax.train.state import TrainState
 
 
@@ -24,27 +25,6 @@ def build_inputs(codes, stage, span, mask_id: int):
     k = jnp.arange(codes.shape[1])[None, :, None]
     hidden = (k > stage) | ((k == stage) & span[:, None, :])
     return jnp.where(hidden, mask_id, codes), span
-
-
-def masked_cross_entropy(logits, targets, weights):
-    """Mean CE and accuracy over the positions where `weights` is True (audiocraft's
-    ignore_index mean: over tokens of the whole batch). logits fp32 [..., V]."""
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    ce = logz - tgt
-    w = weights.astype(jnp.float32)
-    count = jnp.maximum(w.sum(), 1.0)
-    acc = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-    return (ce * w).sum() / count, (acc * w).sum() / count, w.sum()
-
-
-def condition_keep(condition: str, key, batch: int, cfg: Config) -> jnp.ndarray:
-    """Which rows keep their text: CFG dropout ('dropout'), all ('text') or none ('null')."""
-    if condition == "dropout":
-        return cfg_dropout_keep(key, batch, cfg.conditioner.cfg_dropout)
-    if condition in ("text", "null"):
-        return jnp.full((batch,), condition == "text")
-    raise ValueError(f"condition must be 'dropout', 'text' or 'null', got {condition!r}")
 
 
 def stage_draws(key, batch: int, seq_len: int, cfg: Config, lut, condition: str = "dropout"):
@@ -96,8 +76,6 @@ def encode_text(text_encoder, frozen, batch):
 def objective_of(cfg: Config):
     """MAGNeT's `stage_loss`, or Hybrid-MAGNeT's (`lm.kind = "hybrid"`, train/hybrid.py)."""
     if cfg.lm.kind == "hybrid":
-        from magnet_jax.train.hybrid import hybrid_loss
-
         return hybrid_loss
     return stage_loss
 
