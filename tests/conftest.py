@@ -59,6 +59,27 @@ def pytest_runtest_teardown(item, nextitem):
     return result
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pytest.ini): one worker per core, as far as memory allows (a worker peaks at about 6 GiB)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        memory = 0
+    return max(1, min(os.cpu_count() or 1, memory // (6 << 30) or 1))
+
+
+def pytest_sessionfinish(session):
+    """An xdist worker hands its modules' map counts to the controller, which prints them."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["module_maps"] = {k: vars(v) for k, v in _MODULE_MAPS.items()}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    for name, counts in getattr(node, "workeroutput", {}).get("module_maps", {}).items():
+        _MODULE_MAPS[name] = process_maps.ModuleMaps(**counts)
+
+
 def pytest_terminal_summary(terminalreporter):
     if not _MODULE_MAPS:
         return

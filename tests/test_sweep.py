@@ -1,6 +1,7 @@
 """`magnet-jax sweep`: a small grid end to end, resuming, refusals, and concurrent points."""
 import contextlib
 import csv
+import gc
 import io
 import json
 import os
@@ -9,6 +10,7 @@ import pytest
 
 from magnet_jax.cli import main
 from magnet_jax.eval import sweep as sw
+from tests.process_maps import map_count
 
 SWEEP = '''
 from magnet_jax.eval.sweep import Sweep
@@ -33,10 +35,23 @@ def grid_run(tmp_path_factory):
     """The CLI's sweep of GRID, one point after the other (shared: the concurrent test compares with it)."""
     tmp = tmp_path_factory.mktemp("sweep")
     path, out = write_sweep(tmp), tmp / "sweep"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    printed, maps = io.StringIO(), []
+    run_point = sw.run_point
+
+    def counted(*args, **kwargs):  # the process's memory maps after each point
+        result = run_point(*args, **kwargs)
+        gc.collect()
+        maps.append(map_count())
+        return result
+
+    with contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sw, "run_point", counted)
         assert main(["sweep", "--config", path, "--workdir", str(out), "--no-progress"]) == 0
     assert "2 points" in printed.getvalue()
+    # One process trains every point: each point's compiled programs go with it (here the count grew
+    # by ~100 from the first point to the second; one point's programs take well over 1,000 maps, and
+    # a sweep of many points that kept them would die at vm.max_map_count, issue 24).
+    assert maps[1] < maps[0] + 300, maps
     return path, out
 
 
