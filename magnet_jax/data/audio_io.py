@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import numpy as np
 import soundfile
 import soxr
+
+from magnet_jax.atomic_files import replace_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -326,16 +327,10 @@ def write_audio(path: PathLike, wav, sample_rate: int, *, format: Optional[str] 
                           log_clipping=log_clipping, stem_name=str(path))
     if make_parent_dir:
         out.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden, unique name in the same folder: os.replace is atomic only within one file system.
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
+
+    def write(tmp: str) -> None:
         with open(tmp, "xb") as f:  # 'x': never clobber; created with the usual umask permissions
-            soundfile.write(f, np.ascontiguousarray(wav.T), sample_rate, subtype=subtype,
-                            format=_FORMATS[format])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            soundfile.write(f, np.ascontiguousarray(wav.T), sample_rate, subtype=subtype, format=_FORMATS[format])
+
+    replace_atomically(out, write, fsync=True)
     return out

@@ -17,15 +17,15 @@ import logging
 import math
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
+from magnet_jax.atomic_files import replace_atomically, write_text_atomically
+
 log = logging.getLogger(__name__)
 VERSION = "1.0.0"
 FACTS_FILE = "magnet_jax_facts.json"
-_UNIQUE = f"{socket.gethostname()}-{os.getpid()}"  # temporary names, distinct across the hosts of a pod
 _TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
@@ -54,14 +54,14 @@ class ChunkWriter:
                 raise ValueError(f"{self.work} holds a run with {saved}, this one has {plan}: resume with the same "
                                  "source and chunk size, or write to another folder")
         else:
-            _atomic_write_text(path, json.dumps(plan))
+            write_text_atomically(path, json.dumps(plan))
 
     def _check_files(self, files: Dict[str, List[int]]) -> None:
         """A resumed run must read the same source files: chunks are cut by position in the file
         list, so a file added and another removed would shift items between chunks unseen."""
         path = self.work / "files.json"
         if not path.is_file():
-            _atomic_write_text(path, json.dumps(files))
+            write_text_atomically(path, json.dumps(files))
             return
         saved = json.loads(path.read_text())
         if saved == files:
@@ -96,17 +96,20 @@ class ChunkWriter:
         from array_record.python.array_record_module import ArrayRecordWriter
 
         data, meta = self._paths(chunk)
-        tmp = data.with_name(data.name + f".tmp{_UNIQUE}")
-        writer = ArrayRecordWriter(str(tmp), "group_size:1")
         n = 0
-        try:
-            for ex in examples:
-                writer.write(self.features.serialize_example(ex))
-                n += 1
-        finally:
-            writer.close()
-        os.replace(tmp, data)
-        _atomic_write_text(meta, json.dumps({**dict(stats), "examples": n}))  # the chunk counts as done from here
+
+        def write(tmp: str) -> None:
+            nonlocal n
+            writer = ArrayRecordWriter(tmp, "group_size:1")
+            try:
+                for ex in examples:
+                    writer.write(self.features.serialize_example(ex))
+                    n += 1
+            finally:
+                writer.close()
+
+        replace_atomically(data, write)
+        write_text_atomically(meta, json.dumps({**dict(stats), "examples": n}))  # the chunk counts as done from here
         return n
 
     def stats(self) -> Dict[str, int]:
@@ -156,9 +159,9 @@ class ChunkWriter:
             data_dir=str(tmp), features=self.features, version=VERSION, check_data=False, filename_template=_TEMPLATE,
             split_infos=[tfds.core.SplitInfo(name="train", shard_lengths=shard_lengths, num_bytes=num_bytes)],
             description=description)
-        _atomic_write_text(tmp / "magnet_jax_stats.json", json.dumps(self.stats(), indent=1))
+        write_text_atomically(tmp / "magnet_jax_stats.json", json.dumps(self.stats(), indent=1))
         if facts:
-            _atomic_write_text(tmp / FACTS_FILE, json.dumps(facts, indent=1))
+            write_text_atomically(tmp / FACTS_FILE, json.dumps(facts, indent=1))
         old = self.root / self.name / f"{VERSION}.old"
         shutil.rmtree(old, ignore_errors=True)
         if out.exists():  # a dataset being rebuilt stays whole until the new one is complete
@@ -167,12 +170,6 @@ class ChunkWriter:
         shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(self.work)
         return out
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{_UNIQUE}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def finished_dataset(root: str, name: str) -> Optional[Path]:

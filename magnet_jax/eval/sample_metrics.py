@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from magnet_jax.atomic_files import replace_atomically
+
 log = logging.getLogger(__name__)
 
 # The public checkpoints (downloaded once into <cache>/metrics/ unless a local file is given).
@@ -212,13 +214,11 @@ def metric_file(explicit: Optional[str], url: str, cache_dir: Optional[str], off
     if offline:
         raise FileNotFoundError(f"{target} is not downloaded and --offline is set: give {flag} PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".part")
     log.info("downloading %s -> %s", url, target)
-    try:
-        urllib.request.urlretrieve(url, tmp)
+    try:  # a cut download never looks finished
+        replace_atomically(target, lambda tmp: urllib.request.urlretrieve(url, tmp))
     except OSError as e:
         raise OSError(f"could not download {url} ({e}); download it yourself and give {flag} PATH") from None
-    os.replace(tmp, target)  # a cut download never looks finished
     return str(target)
 
 

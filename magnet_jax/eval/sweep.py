@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
+from magnet_jax.atomic_files import write_json_atomically
 from magnet_jax.config import Config
 from magnet_jax.config_io import apply_overrides, config_to_dict, load_config
 from magnet_jax.train.optimizer import make_optimizer
@@ -191,10 +192,7 @@ def _read_json(path: str):
 def _write_json(path: str, obj) -> None:
     if jax.process_index() != 0:  # one writer in a multi-process job
         return
-    tmp = f"{path}.tmp{threading.get_ident()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=list)
-    os.replace(tmp, path)
+    write_json_atomically(path, obj, default=list)
 
 
 def run_point(point: Point, decoding: List[Dict[str, Any]], sweep: Sweep, *, devices=None,

@@ -12,6 +12,8 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from magnet_jax.atomic_files import replace_atomically, write_text_atomically
+
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -127,10 +129,8 @@ def plot(path: str, results: List[Dict[str, Any]]) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(workdir: str, sweep, results: List[Dict[str, Any]]) -> None:
@@ -140,8 +140,5 @@ def write_report(workdir: str, sweep, results: List[Dict[str, Any]]) -> None:
     if not results or jax.process_index() != 0:
         return
     for name, text in (("results.csv", _csv_text(csv_rows(results))), ("results.md", markdown(sweep, results))):
-        tmp = os.path.join(workdir, name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(workdir, name))
+        write_text_atomically(os.path.join(workdir, name), text)
     plot(os.path.join(workdir, "results.png"), results)

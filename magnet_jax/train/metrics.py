@@ -8,6 +8,8 @@ from typing import Dict, List, Optional, Tuple
 import jax
 import numpy as np
 
+from magnet_jax.atomic_files import write_text_atomically
+
 
 class MetricsWriter:
     """Appends rows to `metrics.jsonl`. Opened for a run that starts at `start_step`, it first sets
@@ -91,10 +93,7 @@ def drop_rows_after(path: str, step: int) -> int:
         return 0
     with open(os.path.join(os.path.dirname(path), "metrics.dropped.jsonl"), "a") as f:
         f.write("".join(line + "\n" for line in moved))
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in keep))
-    os.replace(tmp, path)  # the file is either the old one or the clean one, never half written
+    write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in keep))  # the old file or the clean one
     return len(moved)
 
 

@@ -8,7 +8,6 @@ interrupted.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -18,6 +17,7 @@ from typing import Any, Dict, Optional
 import jax
 import numpy as np
 
+from magnet_jax.atomic_files import write_json_atomically
 from magnet_jax.config import Config
 from magnet_jax.config_io import format_config
 from magnet_jax.data.host_batches import BatchReader, check_batch_sizes, host_iterator_state, process_slice, to_global
@@ -181,14 +181,6 @@ def train(cfg: Config, *, progress: bool = True, stop_after: Optional[int] = Non
         watch.close()
         if lock is not None:
             lock.release()
-
-
-def write_json_atomically(path: str, obj) -> None:
-    """`path` holds either its old content or the whole new one, never a half-written file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _has_results(workdir: str) -> bool:
