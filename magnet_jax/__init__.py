@@ -1,7 +1,8 @@
 """magnet_jax: MAGNeT (masked non-autoregressive audio generation) in JAX / Flax NNX."""
 from magnet_jax.config import Config, DecodeConfig, LMConfig
 from magnet_jax.config_io import load_config
-from magnet_jax.decode.sampler import MagnetSampler, enable_compilation_cache
+from magnet_jax.caches import enable_compilation_cache
+from magnet_jax.decode.sampler import MagnetSampler
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 from magnet_jax.models.magnet_lm import MagnetLM
 from magnet_jax.pipeline import MAGNeT

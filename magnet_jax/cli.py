@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-import jax
 import sys
 from typing import List, Optional
+
+import jax
+
+from magnet_jax.caches import enable_compilation_cache
 
 
 def _train(args, overrides: List[str]) -> int:
@@ -98,9 +101,7 @@ def _skip_tpu_probe_without_chips() -> None:
 
 
 def _enable_cache() -> None:
-    """Compiled programs persist across runs (~/.cache/magnet_jax/xla, or $MAGNET_JAX_CACHE)."""
-    from magnet_jax.decode.sampler import enable_compilation_cache
-
+    """Compiled programs persist across runs (~/.cache/magnet_jax/xla, or $MAGNET_JAX_CACHE/xla)."""
     try:
         enable_compilation_cache()
     except OSError as e:  # e.g. a read-only home: run without the cache

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from magnet_jax import hub
+from magnet_jax.caches import cache_root
 from magnet_jax.config import Config
 from magnet_jax.config_io import config_from_dict, config_to_dict
 from magnet_jax.version import __version__
@@ -33,14 +34,6 @@ log = logging.getLogger(__name__)
 _TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                     "config.json")
 _FORMAT = 1
-
-
-def cache_root(cache_dir: Optional[str] = None) -> Path:
-    if cache_dir:
-        return Path(os.path.expanduser(cache_dir))
-    if os.environ.get("MAGNET_JAX_CACHE"):
-        return Path(os.environ["MAGNET_JAX_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))) / "magnet_jax"
 
 
 def _fingerprint(files, extra: str) -> str:

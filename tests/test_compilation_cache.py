@@ -10,7 +10,8 @@ SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp
     from flax import nnx
     from magnet_jax.config import LMConfig
-    from magnet_jax.decode.sampler import MagnetSampler, enable_compilation_cache
+    from magnet_jax.caches import enable_compilation_cache
+    from magnet_jax.decode.sampler import MagnetSampler
     from magnet_jax.decode.settings import SamplerSettings
     from magnet_jax.models.magnet_lm import MagnetLM
     enable_compilation_cache(sys.argv[1], min_compile_time_secs=0.0)

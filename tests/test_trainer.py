@@ -44,7 +44,7 @@ def test_short_quickstart_run_learns_and_writes_artifacts(tmp_path):
 
 
 def test_cli_reports_bad_override_clearly_and_enables_the_compile_cache(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("MAGNET_JAX_CACHE", str(tmp_path / "xla"))
+    monkeypatch.setenv("MAGNET_JAX_CACHE", str(tmp_path))
     flags = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
              "jax_persistent_cache_min_entry_size_bytes")
     saved = {f: getattr(jax.config, f) for f in flags}
@@ -54,7 +54,7 @@ def test_cli_reports_bad_override_clearly_and_enables_the_compile_cache(tmp_path
         assert "unknown config key 'train.lrr'" in err and "Valid keys" in err
         assert main(["train", "--config", "configs/tiny.py", "--config.optim.lr=abc"]) == 2
         assert "optim.lr='abc' as float" in capsys.readouterr().err
-        # The persistent compilation cache is on by default, in $MAGNET_JAX_CACHE.
+        # The persistent compilation cache is on by default, in $MAGNET_JAX_CACHE/xla.
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla") and (tmp_path / "xla").is_dir()
     finally:
         for f, v in saved.items():

@@ -350,16 +350,3 @@ class MagnetSampler:
                         progress(done, total)
                     yield stage, i, state.codes[:b]
                 codes = state.codes
-
-
-def enable_compilation_cache(path: Optional[str] = None, min_compile_time_secs: float = 1.0) -> str:
-    """JAX's persistent compilation cache: a second process reuses compiled samplers
-    (programs that took at least `min_compile_time_secs` to compile)."""
-    import os
-
-    path = path or os.environ.get("MAGNET_JAX_CACHE", os.path.expanduser("~/.cache/magnet_jax/xla"))
-    os.makedirs(path, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path

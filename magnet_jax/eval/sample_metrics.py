@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from magnet_jax.atomic_files import replace_atomically
+from magnet_jax.caches import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +207,6 @@ def metric_file(explicit: Optional[str], url: str, cache_dir: Optional[str], off
         if not os.path.isfile(explicit):
             raise FileNotFoundError(f"{flag} {explicit} does not exist")
         return explicit
-    from magnet_jax.loading import cache_root
-
     target = cache_root(cache_dir) / "metrics" / url.rsplit("/", 1)[-1]
     if target.is_file():
         return str(target)
