@@ -142,9 +142,7 @@ def compile_train_step_for(cfg, topology: str, num_slices: int = 1) -> Dict[str,
     t5 = None
     if cfg.conditioner.encoder == "t5":  # abstract outside the mesh (its axis names are logical ones)
         t5_cfg, t5 = abstract_t5(cfg, jnp.dtype(cfg.lm.dtype))
-        if t5_cfg.d_model != cfg.conditioner.output_dim:
-            raise ValueError(f"the T5 encoder has width {t5_cfg.d_model} but conditioner.output_dim="
-                             f"{cfg.conditioner.output_dim}; set it to {t5_cfg.d_model}")
+        t5_cfg.check_feeds(cfg.conditioner.output_dim)
     with jax.set_mesh(mesh), axis_rules(rules), target_platform("tpu"):
         per_device = check_batch_sizes(cfg, mesh, rules)
         state, shardings = abstract_train_state(cfg, tx, mesh, rules)

@@ -92,9 +92,7 @@ def convert_sources(model_dir: Path, *, t5_dir: Optional[str], codec_dir: Option
                                       subfolder="t5", env_var="MAGNET_JAX_T5_DIR", patterns=hub.T5_FILES,
                                       cache_dir=cache_dir, local_files_only=local_files_only, what="T5 encoder")
     t5_config, t5 = load_t5_encoder(t5_folder, dtype=jnp.dtype(dtype))
-    if t5_config.d_model != config.conditioner.output_dim:
-        raise ValueError(f"the T5 at {t5_folder} has width {t5_config.d_model}, but the LM's text projection takes "
-                         f"{config.conditioner.output_dim} ({config.conditioner.t5_name}): wrong T5 folder")
+    t5_config.check_feeds(config.conditioner.output_dim, where=f" at {t5_folder}")
     return config, model, t5, T5Tokenizer(t5_folder), codec, t5_folder
 
 

@@ -46,6 +46,12 @@ class T5Config:
         act = self.feed_forward_proj.split("-")[-1]
         return "gelu_new" if self.feed_forward_proj == "gated-gelu" else act
 
+    def check_feeds(self, output_dim: int, where: str = "") -> None:
+        """The conditioner projects this encoder's hidden states: its input width must be d_model."""
+        if self.d_model != output_dim:
+            raise ValueError(f"the T5 encoder{where} has width {self.d_model} but conditioner.output_dim={output_dim}; "
+                             f"set conditioner.output_dim={self.d_model}, or give the T5 the LM was trained with")
+
 
 _ACTIVATIONS = {
     "relu": jax.nn.relu,

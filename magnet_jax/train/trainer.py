@@ -96,9 +96,7 @@ def frozen_text_encoder(cfg: Config, mesh):
     from magnet_jax.convert.t5 import load_t5_encoder
 
     t5_cfg, t5 = load_t5_encoder(t5_folder(cfg), dtype=jax.numpy.dtype(cfg.lm.dtype))
-    if t5_cfg.d_model != cfg.conditioner.output_dim:
-        raise ValueError(f"the T5 encoder has width {t5_cfg.d_model} but conditioner.output_dim="
-                         f"{cfg.conditioner.output_dim}; set it to {t5_cfg.d_model}")
+    t5_cfg.check_feeds(cfg.conditioner.output_dim)
     graphdef, params = nnx.split(t5)
     params = jax.device_put(params, tree_shardings(params, mesh, cfg.mesh.rules))
     return t5_encoder_fn(graphdef), params
