@@ -36,11 +36,10 @@ setup(
         "absl-py>=2",
     ],
     extras_require={
-        # The PyTorch references of the parity tests; audiocraft itself is installed with
-        # --no-deps by the README's test command (its own pins would pull a CUDA torch).
+        # The PyTorch references of the parity tests (the package itself never imports torch: it reads
+        # .bin/.pt checkpoints with its own unpickler); audiocraft is installed with --no-deps by the
+        # README's test command (its own pins would pull a CUDA torch).
         "test": ["pytest>=8", "pytest-xdist==3.8.0", "torch==2.13.0", "einops>=0.7", "omegaconf==2.3.0"],
-        # PyTorch is only needed to read .bin/.pt pickles and to run reference models in parity tests.
-        "convert": ["torch==2.13.0"],
         # libtpu: `magnet-jax compile` compiles for TPU slices on any machine (tested on CPU).
         "tpu": ["jax[tpu]==0.10.2"],
     },
