@@ -100,6 +100,13 @@ def test_span_count_table_is_the_solvers(span_len, seq_len):
     if span_len > 1:
         np.testing.assert_array_equal(mask_rate_to_span_starts_lut(seq_len, span_len),
                                       solver._calc_mean_maskrate_to_u_LUT(seq_len))
+    else:  # token masking uses no table: both mask exactly max(round(T * rate), 1) tokens per row
+        torch = require("torch")
+        rates = np.array([0.0, 0.012, 0.3, 0.5, 0.7625, 0.99, 1.0], np.float32)
+        theirs = solver._get_mask(torch.from_numpy(rates), len(rates), seq_len, "cpu").numpy()
+        ours = np.asarray(span_mask(jax.random.key(0), rates, seq_len, span_len))
+        np.testing.assert_array_equal(ours.sum(1), theirs.sum(1))
+        assert theirs.sum(1).tolist() == [1, 1, 12, 20, 30, 40, 40]
 
 
 @pytest.mark.parametrize("span_len", [1, 3])
