@@ -30,7 +30,10 @@ def _evaluate(cfg, params_of=None, protocol=SMALL):
         host, n = tm.protocol_batches(make_data_source(cfg), g, protocol)
         batches = [to_global(b, mesh, rules, g) for b in host]
         fn = jax.jit(tm.make_protocol_eval_step(cfg, graphdef, protocol))
-        return tm.evaluate(fn, params, batches, n, protocol=protocol), params
+        summary = tm.evaluate(fn, params, batches, n, protocol=protocol)
+        # Which frames were scored: [K, R] masked frames over the whole held-out set.
+        summary["count"] = np.sum([np.asarray(fn(params, b)["count"]) for b in batches], axis=0)
+        return summary, params
 
 
 def test_numbers_do_not_depend_on_the_training_config():
@@ -96,6 +99,13 @@ def test_bad_protocols_are_refused(bad):
 
 def test_hybrid_magnet_is_scored_on_magnets_task():
     """A Hybrid-MAGNeT model: boundary 0 (no prefix), the same table as a MAGNeT model's."""
+    protocol = tm.Protocol(examples=8)
     cfg = load_config("configs/tiny.py", ["lm.kind=hybrid", "lm.codebook_delays=(0,1,2,3)"])
-    summary, _ = _evaluate(cfg, protocol=tm.Protocol(examples=8))
+    summary, _ = _evaluate(cfg, protocol=protocol)
+    magnet, _ = _evaluate(load_config("configs/tiny.py"), protocol=protocol)
     assert np.shape(summary["ce"]) == (4, 5) and np.isfinite(summary["ce_cosine"])
+    # The same task: as many frames of the same held-out examples scored in every cell (an
+    # autoregressive prefix, a boundary other than 0, would take frames away from the masked task).
+    np.testing.assert_array_equal(summary["count"], magnet["count"])
+    assert summary["examples"] == magnet["examples"] == 8 and magnet["count"].min() > 0
+    assert abs(summary["ce_cosine"] - math.log(64)) < 1.0  # random init, as MAGNeT's
