@@ -94,12 +94,36 @@ def test_sampling_is_seeded_and_knobs_override(pipeline):
             pipeline.generate_codes(["rain"], **bad)
 
 
-def test_longer_than_segment_and_continuation(pipeline):
+def test_longer_than_segment_and_continuation(pipeline, monkeypatch):
+    calls = []  # (prompt codes or None, the window's codes) of every sampler call
+    generate = pipeline.sampler.generate
+
+    def spy(*args, prompt=None, **kwargs):
+        out = generate(*args, prompt=prompt, **kwargs)
+        calls.append((None if prompt is None else np.asarray(prompt), np.asarray(out)))
+        return out
+
+    monkeypatch.setattr(pipeline.sampler, "generate", spy)
     codes = pipeline.generate_codes(["rain"], duration=2 * SEGMENT, decoding_steps=(2, 1, 1, 1))
-    assert codes.shape == (1, 4, 100)
+    assert codes.shape == (1, 4, 100) and len(calls) >= 2 and calls[0][0] is None
+    # Windows: each continues the tail of what came before, keeps it as it was, and adds the rest.
+    so_far = calls[0][1]
+    for prompt, window in calls[1:]:
+        np.testing.assert_array_equal(prompt, so_far[..., -prompt.shape[-1]:])
+        np.testing.assert_array_equal(window[..., :prompt.shape[-1]], prompt)
+        so_far = np.concatenate([so_far, window[..., prompt.shape[-1]:]], axis=-1)
+    np.testing.assert_array_equal(codes, so_far[..., :100])
+
+    calls.clear()
     prompt = pipeline.decode_codes(codes[..., :9])[0]  # [C, N] at 32 kHz
     out = pipeline.generate_continuation(prompt, 32000, ["rain"], decoding_steps=(2, 1, 1, 1))
     assert out.shape == (1, 1, 48 * 640)
+    # The prompt's codes are kept, and the audio is the decoding of the continued codes.
+    (used, continued), = calls
+    np.testing.assert_array_equal(used, pipeline.encode_audio(prompt, 32000))
+    assert used.shape == (1, 4, 9)
+    np.testing.assert_array_equal(continued[..., :9], used)
+    np.testing.assert_array_equal(out, pipeline.decode_codes(continued))
 
 
 def test_converted_cache_loads_without_pickles(folder, tmp_path, monkeypatch):
