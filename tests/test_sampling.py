@@ -1,11 +1,14 @@
 """Token sampling without sorts: thresholds against the reference's sort-based filters, the
 inverse-CDF draw against its distribution, and the confidences the reference uses."""
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from magnet_jax.decode.sampling import inverse_cdf_draw, sample_tokens, top_k_threshold, top_p_threshold
+from tests.reference import audiocraft_lm, require
 
 
 def _rows(seed=0, n=64, v=2048):
@@ -16,20 +19,27 @@ def _rows(seed=0, n=64, v=2048):
 
 
 @pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.99])
-def test_top_p_keeps_what_the_reference_sort_keeps(top_p):
-    """audiocraft's sample_top_p: sort high to low, keep where cumsum - p_sorted <= p."""
+def test_top_p_keeps_what_the_reference_sort_keeps(top_p, monkeypatch):
+    """What audiocraft's own `sample_top_p` keeps (read off the distribution it hands its sampler)."""
+    torch = require("torch")
+    audiocraft_lm.load_audiocraft()  # bare audiocraft packages, stubs for flashy & co (unused here)
+    utils = importlib.import_module("audiocraft.utils.utils")
     probs = _rows()
+    handed = []
+    monkeypatch.setattr(utils, "multinomial", lambda p, num_samples: handed.append(p.clone()) or p.argmax(-1, True))
+    utils.sample_top_p(torch.from_numpy(probs.copy()), top_p)
+    order = torch.sort(torch.from_numpy(probs), dim=-1, descending=True).indices.numpy()  # the same sort as theirs
+    expect = np.zeros(probs.shape, bool)
+    np.put_along_axis(expect, order, handed[0].numpy() > 0, -1)
     got = np.asarray(probs >= np.asarray(top_p_threshold(jnp.asarray(probs), top_p))[:, None])
-    order = np.argsort(-probs, axis=-1, kind="stable")
+    # Only an entry whose preceding mass is within float32 rounding of p may differ (and an entry of
+    # probability 0, which their renormalised distribution cannot show as kept, and no sampler draws).
     sorted_p = np.take_along_axis(probs, order, -1)
     before = np.cumsum(sorted_p, axis=-1, dtype=np.float32) - sorted_p
-    expect = np.zeros_like(got)
-    np.put_along_axis(expect, order, before <= top_p, -1)
-    # Only an entry whose preceding mass is within float32 rounding of p may differ.
-    ambiguous = np.zeros_like(got)
+    ambiguous = np.zeros(probs.shape, bool)
     np.put_along_axis(ambiguous, order, np.abs(before - top_p) < 1e-5, -1)
-    assert not (got != expect)[~ambiguous].any()
-    assert got.any(-1).all()  # the most probable entry is always kept
+    assert not (got != expect)[~ambiguous & (probs > 0)].any()
+    assert expect.sum() > probs.shape[0] and got.any(-1).all()  # the most probable entry is always kept
 
 
 def test_top_k_keeps_the_k_largest_and_their_ties():
