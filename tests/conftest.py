@@ -32,6 +32,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # Memory maps: every test module's compiled programs are freed when it ends, and the suite stops
 # loudly, naming the count, well before the kernel's limit (tests/process_maps.py says why).
 import json  # noqa: E402
+import time  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -40,15 +41,24 @@ from tests import process_maps  # noqa: E402
 _MODULE_MAPS = {}
 
 
+def _module_name(item) -> str:
+    return item.module.__name__.rsplit(".", 1)[-1]
+
+
+def pytest_runtest_setup(item):
+    record = _MODULE_MAPS.setdefault(_module_name(item), process_maps.ModuleMaps())
+    record.started = record.started or time.time()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     result = yield  # the test's fixtures, and the module's when it is the module's last test, are gone
-    name = item.module.__name__.rsplit(".", 1)[-1]
-    record = _MODULE_MAPS.setdefault(name, process_maps.ModuleMaps())
+    record = _MODULE_MAPS.setdefault(_module_name(item), process_maps.ModuleMaps())
     count = process_maps.map_count()
     record.peak = max(record.peak, count)
     if nextitem is None or nextitem.module is not item.module:
         record.at_end, record.threads = count, process_maps.thread_count()
+        record.seconds = time.time() - record.started
         process_maps.free_compiled_programs()
         count = record.after_free = process_maps.map_count()
     limit = process_maps.map_limit()
@@ -57,6 +67,18 @@ def pytest_runtest_teardown(item, nextitem):
         item.session.shouldstop = message
         pytest.fail(message, pytrace=False)
     return result
+
+
+# The longest modules first (measured by `--durations`), so that the parallel processes finish
+# together instead of one running a long module alone at the end; the rest keep their order.
+LONGEST_FIRST = ("test_sampler", "test_train_step", "test_pipeline", "test_trainer", "test_checkpoint",
+                 "test_multiprocess_data", "test_sweep", "test_hybrid", "test_sample_metrics", "test_multiprocess",
+                 "test_data_pipeline", "test_magnet_lm", "test_rescoring")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
 
 
 def pytest_xdist_auto_num_workers(config):
@@ -90,6 +112,9 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line("module: peak / at its end / after freeing its programs / threads (most freed first)")
     for name, r in rows[:8]:
         terminalreporter.write_line(f"  {name}: {r.peak:,} / {r.at_end:,} / {r.after_free:,} / {r.threads}")
+    slowest = sorted(_MODULE_MAPS.items(), key=lambda kv: kv[1].seconds, reverse=True)[:len(LONGEST_FIRST)]
+    terminalreporter.write_line("longest modules (keep conftest.LONGEST_FIRST in step): " +
+                                ", ".join(f"{name} {r.seconds:.0f} s" for name, r in slowest))
     report = os.environ.get("MAGNET_JAX_MAPS_REPORT")
     if report:
         with open(report, "w") as f:

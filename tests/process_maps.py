@@ -50,11 +50,14 @@ def free_compiled_programs() -> None:
 
 @dataclass
 class ModuleMaps:
-    """Map counts seen during one test module: its peak after any test, at its end, and after freeing."""
+    """Map counts seen during one test module: its peak after any test, at its end, and after freeing;
+    and how long it ran (for conftest.LONGEST_FIRST)."""
     peak: int = 0
     at_end: int = 0
     after_free: int = 0
     threads: int = 0
+    started: float = 0.0  # time.time() at its first test's set-up
+    seconds: float = 0.0  # its wall time, set-up of the first test to teardown of the last
 
 
 def guard_message(count: int, limit: int, where: str) -> str:
