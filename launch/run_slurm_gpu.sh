@@ -9,7 +9,8 @@ set -euo pipefail
 [[ $# -ge 1 ]] || { echo "usage: sbatch [--nodes=N ...] $0 CONFIG [--config.key=value ...]" >&2; exit 2; }
 : "${SLURM_JOB_NODELIST:?run this under sbatch/salloc (SLURM_JOB_NODELIST is not set)}"
 CONFIG=$1; shift
-head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# awk reads every name: `head` would close the pipe early, and under pipefail scontrol's SIGPIPE would end the job.
+head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | awk 'NR == 1')
 export MAGNET_JAX_COORDINATOR="$head_node:${MAGNET_JAX_PORT:-8476}"
 export MAGNET_JAX_NUM_PROCESSES="${SLURM_NTASKS:-${SLURM_NNODES:-1}}"
 echo "run_slurm_gpu: coordinator $MAGNET_JAX_COORDINATOR, $MAGNET_JAX_NUM_PROCESSES processes" >&2

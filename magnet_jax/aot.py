@@ -48,6 +48,10 @@ def tpu_devices(topology: str, num_slices: int = 1):
             options["chip_config_name"] = "megacore"
         desc = topologies.get_topology_desc(platform="tpu", topology_name=topology, **options)
     except Exception as e:  # no libtpu, or a name it does not know
+        if "lockfile" in str(e):  # libtpu is loaded by another process of this machine
+            raise ValueError(f"cannot describe the TPU topology {topology!r}: another process on this machine has "
+                             "libtpu loaded (its lock file /tmp/libtpu_lockfile). On a machine without TPUs, "
+                             "compiling processes can share it: set ALLOW_MULTIPLE_LIBTPU_LOAD=1") from None
         raise ValueError(f"cannot describe the TPU topology {topology!r} ({type(e).__name__}: {str(e)[:200]}). "
                          f"Names look like {', '.join(EXAMPLE_TOPOLOGIES)} (chip type: v4, v5e, v5p, v6e; then the "
                          f"chips per dimension). libtpu is needed: pip install -e '.[tpu]' (jax[tpu]=="

@@ -6,6 +6,9 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                                    "--xla_cpu_collective_call_terminate_timeout_seconds=300")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The test processes compile for TPU slices at the same time (no TPU here): without this, the first
+# to load libtpu holds its lock file and the others fail to describe a topology.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # XLA:CPU's thread pool has about as many threads as cores (4 here, from $NPROC when set); 8 fake
 # devices waiting for each other at a collective can hold them all while the others wait for a
 # thread. Suspected cause of an intermittent abort (its message lost to capfd) in the 8-device
