@@ -27,8 +27,10 @@ import jax  # noqa: E402
 # time, but in this long-lived process JAX's cache has crashed it three times: a segfault in CI at 86%
 # of the suite, the same segfault here inside XLA's compile of test_sampler_audiocraft_parity's
 # sampler (2026-12-02, cache on), and an abort inside `put_executable_and_time` (serialising a
-# train step). CLI calls made in-process set the cache folder; this keeps it off. The processes
-# tests start still use theirs (test_compilation_cache checks that it works).
+# train step). All three came late in one long process, where the map count (below) ran out: a
+# compile at the limit fails and segfaults the same way with or without the cache (issue 24), so
+# turning it back on is worth a measured full run. CLI calls made in-process set the cache folder;
+# this keeps it off. The processes tests start still use theirs (test_compilation_cache checks it).
 jax.config.update("jax_enable_compilation_cache", False)
 jax.config.update("jax_default_matmul_precision", "highest")
 
