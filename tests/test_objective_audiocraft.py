@@ -13,7 +13,7 @@ from magnet_jax.config import Config, LMConfig, MaskingConfig
 from magnet_jax.convert.audiocraft_lm import load_into, lm_params_from_audiocraft
 from magnet_jax.masking import mask_rate_to_span_starts_lut, span_mask
 from magnet_jax.models.magnet_lm import MagnetLM
-from magnet_jax.train.step import build_inputs, stage_loss
+from magnet_jax.train.objectives import build_inputs, stage_loss
 from tests.reference import audiocraft_lm as ref_lm
 from tests.reference import require
 from tests.reference.audiocraft_solver import make_solver

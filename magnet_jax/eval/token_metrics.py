@@ -29,7 +29,8 @@ from flax import nnx
 from magnet_jax.config import Config
 from magnet_jax.data.host_batches import process_slice, to_global
 from magnet_jax.masking import mask_rate_to_span_starts_lut, span_mask
-from magnet_jax.train.step import encode_text, objective_of
+from magnet_jax.train.objectives import objective_for
+from magnet_jax.train.step import encode_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +81,7 @@ def make_protocol_eval_step(cfg: Config, graphdef, protocol: Protocol = PROTOCOL
     if protocol.span_len > seq_len:
         raise ValueError(f"the protocol's span_len {protocol.span_len} is longer than the clip ({seq_len} frames)")
     lut = mask_rate_to_span_starts_lut(seq_len, protocol.span_len)
-    objective = objective_of(cfg)
+    objective = objective_for(cfg)
     fixed = dict(boundary=0) if cfg.lm.kind == "hybrid" else {}
     n_q, n_r = cfg.lm.n_q, len(protocol.mask_rates)
 
@@ -94,7 +95,7 @@ def make_protocol_eval_step(cfg: Config, graphdef, protocol: Protocol = PROTOCOL
             model = nnx.merge(graphdef, carry[0])
             stage, r = index // n_r, index % n_r
             span = protocol_span_masks(protocol, stage, r, example_ids, batch["codes"].shape[-1], lut)
-            _, aux = objective(model, batch, jax.random.key(0), stage, cfg, lut, condition="text", text=carry[1],
+            _, aux = objective.loss(model, batch, jax.random.key(0), stage, cfg, lut, condition="text", text=carry[1],
                                span=span, **fixed)
             ce, acc = aux.get("ce_nar", aux["ce"]), aux.get("acc_nar", aux["acc"])
             count = aux["num_masked"]

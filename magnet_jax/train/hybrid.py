@@ -41,7 +41,7 @@ def hybrid_inputs(codes: jnp.ndarray, boundary: jnp.ndarray, stage, span: jnp.nd
 
 
 def hybrid_draws(key, batch: int, seq_len: int, cfg, lut, condition: str = "dropout"):
-    """One step's per-example randomness (as `train.step.stage_draws`), with each example's boundary."""
+    """One step's per-example randomness (as `train.objectives.stage_draws`), with each example's boundary."""
     k_boundary, k_rate, k_mask, k_cfg = jax.random.split(key, 4)
     rates = get_schedule(cfg.masking.schedule)(jax.random.uniform(k_rate, (batch,)))
     return {"boundary": jax.random.randint(k_boundary, (batch,), 0, seq_len),
@@ -52,7 +52,7 @@ def hybrid_draws(key, batch: int, seq_len: int, cfg, lut, condition: str = "drop
 def hybrid_loss(model, batch, key, stage, cfg, lut, condition: str = "dropout", text=None, boundary=None,
                 span=None, keep=None):
     """Loss of one stage on a batch (see the module doc); `stage` may be traced. Same contract
-    as `train.step.stage_loss`: (loss, aux with ce, acc, ce_ar, ce_nar, acc_nar, ...).
+    as `train.objectives.stage_loss`: (loss, aux with ce, acc, ce_ar, ce_nar, acc_nar, ...).
     boundary: a fixed prefix boundary (frames, an int or [B]) instead of a random one per example.
     span, keep: a given span mask bool [B, T] and caption rows bool [B] instead of drawn ones."""
     codes = batch["codes"]
@@ -80,5 +80,3 @@ def hybrid_loss(model, batch, key, stage, cfg, lut, condition: str = "dropout", 
                 "prefix_frac": prefix.astype(jnp.float32).mean(), "masked_frac": span.astype(jnp.float32).mean(),
                 "num_masked": n_nar, "num_prefix": n_ar, "num_targets": count}
 
-
-hybrid_loss.draws = hybrid_draws

@@ -1,8 +1,7 @@
-"""MAGNeT's training objective and the pure train step `(state, batch, key) -> (state, metrics)`.
+"""The pure train step `(state, batch, key) -> (state, metrics)` and the held-out eval step.
 
-Each step draws ONE codebook stage for the whole batch, a mask rate per example from the
-schedule, masks that stage with spans, replaces every higher stage by the mask id, keeps
-the lower stages, and takes the cross-entropy on the masked frames of that stage only.
+Each step draws ONE codebook stage for the whole batch and takes the loss of `cfg.lm.kind`'s
+objective (train/objectives.py) on it.
 """
 from __future__ import annotations
 
@@ -14,56 +13,9 @@ import optax
 from flax import nnx
 
 from magnet_jax.config import Config
-from magnet_jax.masking import get_schedule, mask_rate_to_span_starts_lut, span_mask
-from magnet_jax.train.hybrid import hybrid_loss
-from magnet_jax.train.losses import condition_keep, masked_cross_entropy
+from magnet_jax.masking import mask_rate_to_span_starts_lut
+from magnet_jax.train.objectives import objective_for
 from magnet_jax.train.state import TrainState
-
-
-def build_inputs(codes, stage, span, mask_id: int):
-    """codes [B,K,T], stage scalar, span bool [B,T] -> (input codes, loss mask on stage [B,T])."""
-    k = jnp.arange(codes.shape[1])[None, :, None]
-    hidden = (k > stage) | ((k == stage) & span[:, None, :])
-    return jnp.where(hidden, mask_id, codes), span
-
-
-def stage_draws(key, batch: int, seq_len: int, cfg: Config, lut, condition: str = "dropout"):
-    """One step's per-example randomness of MAGNeT's objective: span masks at mask rates drawn from
-    the schedule, and which rows keep their caption. Drawn for the whole batch, so that gradient
-    accumulation slices the very masks of the one large batch."""
-    k_rate, k_mask, k_cfg = jax.random.split(key, 3)
-    rates = get_schedule(cfg.masking.schedule)(jax.random.uniform(k_rate, (batch,)))
-    return {"span": span_mask(k_mask, rates, seq_len, cfg.masking.span_len, lut),
-            "keep": condition_keep(condition, k_cfg, batch, cfg)}
-
-
-def stage_loss(model, batch, key, stage, cfg: Config, lut, condition: str = "dropout", text=None, span=None,
-               keep=None):
-    """Loss of one stage on a batch. `stage` may be traced. Returns (loss, aux dict).
-
-    condition: 'dropout' (training: CFG dropout), 'text' (always conditioned) or 'null'
-    (always the null condition: what the model knows without the caption).
-    text: the conditioner's input when not `batch["text_ids"]` (the frozen T5's hidden states).
-    span, keep: a given span mask bool [B, T] (the config-independent evaluation,
-    eval/token_metrics.py) and caption rows bool [B], instead of the ones `stage_draws` gives.
-    """
-    codes = batch["codes"]
-    b, _, t = codes.shape
-    if span is None or keep is None:
-        drawn = stage_draws(key, b, t, cfg, lut, condition)
-        span = drawn["span"] if span is None else span
-        keep = drawn["keep"] if keep is None else keep
-    inputs, loss_mask = build_inputs(codes, stage, span, cfg.lm.mask_id)
-    if "padding_mask" in batch:
-        loss_mask = loss_mask & batch["padding_mask"].astype(bool)
-    text = batch["text_ids"] if text is None else text
-    logits = model(inputs, text, batch["text_mask"], stage=stage, keep=keep, stage_logits_only=True)
-    targets = jnp.take(codes, stage, axis=1)
-    ce, acc, count = masked_cross_entropy(logits, targets, loss_mask)
-    return ce, {"ce": ce, "acc": acc, "masked_frac": span.astype(jnp.float32).mean(), "num_masked": count}
-
-
-stage_loss.draws = stage_draws
 
 
 def encode_text(text_encoder, frozen, batch):
@@ -73,20 +25,13 @@ def encode_text(text_encoder, frozen, batch):
     return jax.lax.stop_gradient(text_encoder(frozen, batch["text_ids"], batch["text_mask"]))
 
 
-def objective_of(cfg: Config):
-    """MAGNeT's `stage_loss`, or Hybrid-MAGNeT's (`lm.kind = "hybrid"`, train/hybrid.py)."""
-    if cfg.lm.kind == "hybrid":
-        return hybrid_loss
-    return stage_loss
-
-
 def make_train_step(cfg: Config, graphdef, tx, lr_schedule, text_encoder=None):
     """The pure step `(state, batch, key, frozen) -> (state, metrics)`; jit it with shardings
     (see `trainer.compile_train_step`). text_encoder: `(frozen, ids, mask) -> hidden`, a
     frozen encoder (T5) whose parameters `frozen` are passed beside the state, not trained."""
     lut = mask_rate_to_span_starts_lut(cfg.data.num_frames, cfg.masking.span_len)
     n_q = cfg.lm.n_q
-    objective = objective_of(cfg)
+    objective = objective_for(cfg)
     ema_decay, ema_every = cfg.optim.ema_decay, max(cfg.optim.ema_every, 1)
 
     accum = cfg.train.grad_accum_steps
@@ -98,7 +43,7 @@ def make_train_step(cfg: Config, graphdef, tx, lr_schedule, text_encoder=None):
 
         def loss_fn(params, batch=batch, text=text, **given):
             model = nnx.merge(graphdef, params)
-            return objective(model, batch, k_loss, stage, cfg, lut, text=text, **given)
+            return objective.loss(model, batch, k_loss, stage, cfg, lut, text=text, **given)
 
         if accum == 1:
             (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -154,7 +99,7 @@ def make_eval_step(cfg: Config, graphdef, text_encoder=None):
     """Per-stage CE and accuracy `[K]` on a batch with fixed masking (key), with the text
     condition and with the null condition (the gap is what the caption is worth)."""
     lut = mask_rate_to_span_starts_lut(cfg.data.num_frames, cfg.masking.span_len)
-    objective, hybrid = objective_of(cfg), cfg.lm.kind == "hybrid"
+    objective, hybrid = objective_for(cfg), cfg.lm.kind == "hybrid"
 
     def eval_step(params, batch, key, frozen=None):
         model = nnx.merge(graphdef, params)
@@ -165,13 +110,13 @@ def make_eval_step(cfg: Config, graphdef, text_encoder=None):
         fixed = dict(boundary=0) if hybrid else {}
         for stage in range(cfg.lm.n_q):
             k = jax.random.fold_in(key, stage)
-            _, aux = objective(model, batch, k, stage, cfg, lut, condition="text", text=text, **fixed)
-            _, null = objective(model, batch, k, stage, cfg, lut, condition="null", text=text, **fixed)
+            _, aux = objective.loss(model, batch, k, stage, cfg, lut, condition="text", text=text, **fixed)
+            _, null = objective.loss(model, batch, k, stage, cfg, lut, condition="null", text=text, **fixed)
             out["ce_per_stage"].append(aux.get("ce_nar", aux["ce"]))
             out["acc_per_stage"].append(aux.get("acc_nar", aux["acc"]))
             out["ce_per_stage_null_text"].append(null.get("ce_nar", null["ce"]))
         if hybrid:
-            _, aux = objective(model, batch, key, 0, cfg, lut, condition="text", text=text,
+            _, aux = objective.loss(model, batch, key, 0, cfg, lut, condition="text", text=text,
                                boundary=batch["codes"].shape[-1] + max(cfg.lm.codebook_delays))
             out["ce_prefix"] = [aux["ce_ar"]]
         return {k: jnp.stack(v) for k, v in out.items()}
