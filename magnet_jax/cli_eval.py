@@ -34,7 +34,7 @@ def add_commands(sub) -> None:
     e.set_defaults(func=run_eval)
     s = sub.add_parser(
         "sweep", help="train and score every point of an ablation grid, write the comparison table",
-        description="Trains each grid point of a sweep file (get_sweep() -> magnet_jax.eval.sweep.Sweep) to the same "
+        description="Trains each grid point of a sweep file (get_sweep() -> magnet_jax.train.sweep.Sweep) to the same "
                     "token budget, scores every checkpoint with the same protocol and decoding settings, and writes "
                     "WORKDIR/results.csv, results.md and results.png. Rerun to resume: finished points are skipped.")
     s.add_argument("--config", required=True, help="sweep file, e.g. configs/ablations/masking_schedules.py")
@@ -92,8 +92,8 @@ def _eval_run(args) -> int:
 
 def _synthetic_samples(cfg, graphdef, state, data):
     """Samples of the sweep's captions with the run's decoding settings: rule-following per stage."""
-    from magnet_jax.eval.sweep import SYNTHETIC_CAPTIONS
     from magnet_jax.train.samples import sample_synthetic_captions
+    from magnet_jax.train.sweep import SYNTHETIC_CAPTIONS
 
     params = state.ema_params if state.ema_params is not None else state.params
     _, agreement = sample_synthetic_captions(cfg, graphdef, params, data, SYNTHETIC_CAPTIONS)
@@ -142,7 +142,7 @@ def _write(out: str, summary, text: str) -> None:
 def run_sweep(args, overrides: List[str]) -> int:
     import jax
 
-    from magnet_jax.eval.sweep import run_sweep as sweep
+    from magnet_jax.train.sweep import run_sweep as sweep
 
     if overrides:
         raise ValueError(f"sweep takes its overrides from the sweep file (got {' '.join(overrides)})")

@@ -1,4 +1,4 @@
-"""The native Flax CLAP (magnet_jax.eval.clap*) against laion_clap's PyTorch CLAP, tiny and random (no download).
+"""The native Flax CLAP (magnet_jax.metrics.clap*) against laion_clap's PyTorch CLAP, tiny and random (no download).
 
 The reference: laion-clap==1.1.7 + torchlibrosa==0.1.0 (installed --no-deps) with the stand-ins of
 tests/reference/laion_clap_ref.py; each stand-in is checked here against scipy / a torch formula.
@@ -16,13 +16,13 @@ transformers = require("transformers")
 import jax  # noqa: E402
 
 from magnet_jax.convert.audiocraft_lm import ConversionError  # noqa: E402
-from magnet_jax.eval.clap import (ClapScorer, clap_score, cosine_similarity, fit_clip,  # noqa: E402
+from magnet_jax.metrics.clap import (ClapScorer, clap_score, cosine_similarity, fit_clip,  # noqa: E402
                                   load_roberta_tokenizer, prepare_audio)
-from magnet_jax.eval.clap_audio import (HTSATConfig, bicubic_matrix, slaney_mel_filterbank,  # noqa: E402
+from magnet_jax.metrics.clap_audio import (HTSATConfig, bicubic_matrix, slaney_mel_filterbank,  # noqa: E402
                                         stft_matrices)
-from magnet_jax.eval.clap_model import ClapConfig, ClapModel  # noqa: E402
-from magnet_jax.eval.clap_text import RobertaConfig  # noqa: E402
-from magnet_jax.eval.convert_clap import clap_params, clap_state_dict, load_clap  # noqa: E402
+from magnet_jax.metrics.clap_model import ClapConfig, ClapModel  # noqa: E402
+from magnet_jax.metrics.clap_text import RobertaConfig  # noqa: E402
+from magnet_jax.metrics.convert_clap import clap_params, clap_state_dict, load_clap  # noqa: E402
 from tests.reference import laion_clap_ref as ref  # noqa: E402
 from tests.reference import librosa_standin  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""PaSST port (magnet_jax.eval.passt / convert_passt) and the KL metric (magnet_jax.eval.kld) against
+"""PaSST port (magnet_jax.metrics.passt / convert_passt) and the KL metric (magnet_jax.metrics.kld) against
 hear21passt 0.0.26 and audiocraft 1.3.0's metrics/kld.py, on random weights: nothing is downloaded.
 
 hear21passt imports torchaudio (the registry's 2.11.1 does not load with this torch) and timm (which needs
@@ -20,9 +20,9 @@ import pytest
 from flax import nnx
 
 from magnet_jax.convert.audiocraft_lm import ConversionError
-from magnet_jax.eval import passt as ps
-from magnet_jax.eval.convert_passt import infer_config, load_passt, passt_params_from_torch
-from magnet_jax.eval.kld import KLDivergence, PasstKLDivergence, kl_divergence
+from magnet_jax.metrics import passt as ps
+from magnet_jax.metrics.convert_passt import infer_config, load_passt, passt_params_from_torch
+from magnet_jax.metrics.kld import KLDivergence, PasstKLDivergence, kl_divergence
 from tests.reference import julius_standin, require, timm_standin, torchaudio_standin, torchmetrics_standin
 
 torch = require("torch")

@@ -1,4 +1,4 @@
-"""VGGish port (magnet_jax.eval.vggish / convert_vggish) against torchvggish 0.2, on random weights.
+"""VGGish port (magnet_jax.metrics.vggish / convert_vggish) against torchvggish 0.2, on random weights.
 
 torchvggish's `vggish_input` imports resampy at module level; resampy is not a dependency here, so when it is
 missing `tests/reference/resampy_standin.py` takes its place during the import. That stand-in only does the
@@ -15,9 +15,9 @@ import pytest
 
 from magnet_jax.convert.audiocraft_lm import ConversionError
 from magnet_jax.convert.torch_pickle import TorchFileError
-from magnet_jax.eval import vggish as vg
+from magnet_jax.metrics import vggish as vg
 from magnet_jax.convert.torch_legacy import read_legacy_torch_file
-from magnet_jax.eval.convert_vggish import (load_pca_postprocessor, load_vggish,
+from magnet_jax.metrics.convert_vggish import (load_pca_postprocessor, load_vggish,
                                             vggish_params_from_torch)
 from tests.reference import require
 

@@ -1,9 +1,9 @@
-"""Fréchet distance (magnet_jax.eval.frechet) against the scipy `sqrtm` formula of google-research's FAD."""
+"""Fréchet distance (magnet_jax.metrics.frechet) against the scipy `sqrtm` formula of google-research's FAD."""
 import numpy as np
 import pytest
 from scipy import linalg
 
-from magnet_jax.eval.frechet import embedding_statistics, fad_from_embeddings, frechet_distance
+from magnet_jax.metrics.frechet import embedding_statistics, fad_from_embeddings, frechet_distance
 
 
 def _scipy_frechet(mu1, sigma1, mu2, sigma2, eps=1e-6):

@@ -10,12 +10,12 @@ from flax import nnx
 from magnet_jax.cli import main
 from magnet_jax.data.audio_io import write_audio
 from magnet_jax.eval import sample_metrics as sm
-from magnet_jax.eval.clap import ClapScorer
-from magnet_jax.eval.clap_audio import HTSATConfig
-from magnet_jax.eval.clap_model import ClapConfig, ClapModel
-from magnet_jax.eval.clap_text import RobertaConfig
-from magnet_jax.eval.passt import PaSST, PasstConfig
-from magnet_jax.eval.vggish import VGGish
+from magnet_jax.metrics.clap import ClapScorer
+from magnet_jax.metrics.clap_audio import HTSATConfig
+from magnet_jax.metrics.clap_model import ClapConfig, ClapModel
+from magnet_jax.metrics.clap_text import RobertaConfig
+from magnet_jax.metrics.passt import PaSST, PasstConfig
+from magnet_jax.metrics.vggish import VGGish
 from tests.reference import require
 from tests.reference.audiocraft_pipeline import make_magnet_folder
 
@@ -84,8 +84,8 @@ def test_cli_generates_and_scores_against_references(folder, scorers, tmp_path, 
 def test_scores_are_the_metrics_of_the_clips(scorers):
     """score() on fixed clips: FAD of a set against itself is 0, KL of identical clips 0, and the
     CLAP score is the mean cosine of the scorer's embeddings."""
-    from magnet_jax.eval.frechet import fad_from_embeddings
-    from magnet_jax.eval.vggish import vggish_embeddings
+    from magnet_jax.metrics.frechet import fad_from_embeddings
+    from magnet_jax.metrics.vggish import vggish_embeddings
 
     rng = np.random.default_rng(1)
     gen = {f"c{i}": (0.2 * rng.standard_normal((1, 48000))).astype(np.float32) for i in range(3)}

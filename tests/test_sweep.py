@@ -9,11 +9,11 @@ import os
 import pytest
 
 from magnet_jax.cli import main
-from magnet_jax.eval import sweep as sw
+from magnet_jax.train import sweep as sw
 from tests.process_maps import map_count
 
 SWEEP = '''
-from magnet_jax.eval.sweep import Sweep
+from magnet_jax.train.sweep import Sweep
 
 def get_sweep():
     return Sweep(base_config="{base}", overrides=("train.log_every=5", "train.eval_every=1000", "optim.ema_decay=0.0"),

@@ -4,7 +4,7 @@ its samples at three decoding budgets. Runs on a 2-core CPU in under 15 minutes:
 
     magnet-jax sweep --config configs/ablations/masking_schedules.py --workdir runs/ablation_masking
 """
-from magnet_jax.eval.sweep import Sweep
+from magnet_jax.train.sweep import Sweep
 
 
 def get_sweep() -> Sweep:

@@ -1,5 +1,5 @@
 """Metrics on generated audio, as the paper's tables report them: FAD (VGGish), KL (PaSST) and the
-CLAP score (LAION's music CLAP), all native Flax ports (eval/vggish.py, passt.py, clap*.py).
+CLAP score (LAION's music CLAP), all native Flax ports (metrics/vggish.py, passt.py, clap*.py).
 
 `magnet-jax eval --model NAME_OR_DIR --captions FILE [--reference-audio DIR] --out DIR` generates one
 clip per caption (MusicCaps layout: `ytid`, `caption`), writes it to `DIR/audio/<ytid>.wav`, then scores:
@@ -39,9 +39,9 @@ METRICS = ("fad", "kl", "clap")
 @dataclasses.dataclass
 class Scorers:
     """The embedding models; None leaves its metric out."""
-    vggish: Any = None  # eval.vggish.VGGish
-    passt: Any = None  # eval.passt.PaSST
-    clap: Any = None  # eval.clap.ClapScorer
+    vggish: Any = None  # metrics.vggish.VGGish
+    passt: Any = None  # metrics.passt.PaSST
+    clap: Any = None  # metrics.clap.ClapScorer
 
 
 def read_captions(path: str) -> List[Tuple[str, str]]:
@@ -129,8 +129,8 @@ def score(generated: Dict[str, np.ndarray], sample_rate: int, captions: Dict[str
         wavs = np.stack([generated[i] for i in ids])
         out["clap"] = scorers.clap.clap_score(wavs, sample_rate, [captions[i] for i in ids])
     if scorers.vggish is not None and references:
-        from magnet_jax.eval.frechet import fad_from_embeddings
-        from magnet_jax.eval.vggish import vggish_embeddings
+        from magnet_jax.metrics.frechet import fad_from_embeddings
+        from magnet_jax.metrics.vggish import vggish_embeddings
 
         emb = lambda wav, sr: vggish_embeddings(scorers.vggish, wav, sr, framing="google_fad")
         gen = np.concatenate([emb(generated[i], sample_rate) for i in ids])
@@ -142,7 +142,7 @@ def score(generated: Dict[str, np.ndarray], sample_rate: int, captions: Dict[str
         else:
             out["fad"] = fad_from_embeddings(ref, gen)
     if scorers.passt is not None and references:
-        from magnet_jax.eval.kld import PasstKLDivergence
+        from magnet_jax.metrics.kld import PasstKLDivergence
 
         kl = PasstKLDivergence(scorers.passt)
         pairs = 0
@@ -230,17 +230,17 @@ def load_scorers(metrics: Sequence[str], *, vggish: Optional[str] = None, passt:
         raise ValueError(f"unknown metric(s) {', '.join(bad)}; choose from {', '.join(METRICS)}")
     s = Scorers()
     if "fad" in metrics:
-        from magnet_jax.eval.convert_vggish import load_vggish
+        from magnet_jax.metrics.convert_vggish import load_vggish
 
         s.vggish = load_vggish(metric_file(vggish, VGGISH_URL, cache_dir, offline, "--vggish"))
     if "kl" in metrics:
-        from magnet_jax.eval.convert_passt import load_passt
-        from magnet_jax.eval.passt import PASST_URLS
+        from magnet_jax.metrics.convert_passt import load_passt
+        from magnet_jax.metrics.passt import PASST_URLS
 
         url = PASST_URLS["passt-s-f128-20sec-p16-s10-ap474-swa"]  # audiocraft's solvers: pretrained_length 20
         s.passt = load_passt(metric_file(passt, url, cache_dir, offline, "--passt"))
     if "clap" in metrics:
-        from magnet_jax.eval.clap import ClapScorer
+        from magnet_jax.metrics.clap import ClapScorer
 
         s.clap = ClapScorer.from_checkpoint(metric_file(clap, CLAP_URL, cache_dir, offline, "--clap"), clap_tokenizer)
     return s

@@ -2,7 +2,7 @@
 with the fusion-less 10 s front end and CLAP's audio projection.
 
 The LAION CLAP checkpoints (laion_clap's `HTSAT_Swin_Transformer` + `CLAP.audio_projection`) load into
-`ClapAudioEncoder` through `magnet_jax.eval.convert_clap`. Only the embedding path is built: HTS-AT's
+`ClapAudioEncoder` through `magnet_jax.metrics.convert_clap`. Only the embedding path is built: HTS-AT's
 class heads (`tscam_conv`, `head`) do not enter the embedding and are not parameters here.
 
 Front end (torchlibrosa's, as HTS-AT uses it): a centred, reflect-padded STFT with a periodic Hann window

@@ -5,7 +5,7 @@ audiocraft's protocol, followed here:
 1. Each clip (generated and reference alike, [C, T] with its real length `size` and `sample_rate`) is cut
    to `size`, mixed to mono, resampled to 32 kHz and split into consecutive segments of the model's
    window (10, 20 or 30 s), without padding; segments of 0.15 s (4800 samples) or less are dropped
-   (`magnet_jax.eval.passt.passt_segments`).
+   (`magnet_jax.metrics.passt.passt_segments`).
 2. Each segment gets its own label distribution: the softmax (not a sigmoid) over PaSST's 527 AudioSet
    logits. A clip's segments are NOT pooled: every segment is one row, so a 25 s clip scored with the
    10 s model counts as 3 comparisons (audiocraft's `.mean(dim=0)` is over a batch of one).
@@ -24,7 +24,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from magnet_jax.eval.passt import PaSST, passt_label_probs
+from magnet_jax.metrics.passt import PaSST, passt_label_probs
 
 EPSILON = 1e-6
 

@@ -24,8 +24,8 @@ import numpy as np
 from flax import nnx
 
 from magnet_jax.data.audio_io import convert_audio
-from magnet_jax.eval.clap_audio import HTSATConfig
-from magnet_jax.eval.clap_model import MUSIC_CLAP, ClapConfig, ClapModel
+from magnet_jax.metrics.clap_audio import HTSATConfig
+from magnet_jax.metrics.clap_model import MUSIC_CLAP, ClapConfig, ClapModel
 
 TEXT_MAX_LENGTH = 77
 Tokenizer = Callable[[Sequence[str]], Tuple[np.ndarray, np.ndarray]]
@@ -118,7 +118,7 @@ class ClapScorer:
                         config: ClapConfig = MUSIC_CLAP, *, seed: int = 0,
                         precision: str = "highest") -> "ClapScorer":
         """`path`: the laion_clap checkpoint; `tokenizer`: a roberta-base folder / hub name, or a callable."""
-        from magnet_jax.eval.convert_clap import load_clap
+        from magnet_jax.metrics.convert_clap import load_clap
 
         tok = tokenizer if callable(tokenizer) else load_roberta_tokenizer(tokenizer)
         return cls(load_clap(path, config), tok, seed=seed, precision=precision)

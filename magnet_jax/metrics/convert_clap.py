@@ -18,8 +18,8 @@ from flax import nnx
 
 from magnet_jax.convert.audiocraft_lm import ConversionError, TensorSource, load_into
 from magnet_jax.convert.torch_pickle import TorchFileError, load_state_dict_file
-from magnet_jax.eval.clap_audio import relative_position_index, shifted_window_mask
-from magnet_jax.eval.clap_model import MUSIC_CLAP, ClapConfig, ClapModel
+from magnet_jax.metrics.clap_audio import relative_position_index, shifted_window_mask
+from magnet_jax.metrics.clap_model import MUSIC_CLAP, ClapConfig, ClapModel
 
 _DROPPED_PREFIXES = ("audio_branch.tscam_conv.", "audio_branch.head.", "audio_transform.", "text_transform.")
 _DROPPED = ("logit_scale_a", "logit_scale_t", "audio_branch.bn0.num_batches_tracked",

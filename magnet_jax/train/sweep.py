@@ -29,6 +29,7 @@ from magnet_jax.atomic_files import write_json_atomically
 from magnet_jax.config import Config
 from magnet_jax.config_io import apply_overrides, config_to_dict, load_config
 from magnet_jax.train.optimizer import make_optimizer
+from magnet_jax.train.sweep_report import write_report
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def load_sweep(path: str) -> Tuple[Sweep, str]:
     with open(path) as f:
         exec(compile(f.read(), path, "exec"), namespace)
     if not callable(namespace.get("get_sweep")):
-        raise ValueError(f"{path} has no get_sweep() returning a magnet_jax.eval.sweep.Sweep")
+        raise ValueError(f"{path} has no get_sweep() returning a magnet_jax.train.sweep.Sweep")
     sweep = namespace["get_sweep"]()
     if not isinstance(sweep, Sweep):
         raise ValueError(f"{path}: get_sweep() returned {type(sweep).__name__}, not a Sweep")
@@ -257,8 +258,6 @@ def device_groups(concurrent: int, devices=None) -> List[list]:
 def run_sweep(path: str, workdir: str, *, overwrite: bool = False, progress: bool = True,
               concurrent: Optional[int] = None) -> List[Dict[str, Any]]:
     """Runs (or resumes) the sweep of file `path` in `workdir`; returns every point's result."""
-    from magnet_jax.eval.sweep_report import write_report
-
     sweep, folder = load_sweep(path)
     if concurrent is not None:
         sweep = dataclasses.replace(sweep, concurrent=concurrent)

@@ -1,6 +1,6 @@
 """CLAP's text branch in Flax NNX: a RoBERTa encoder, its pooler (tanh(dense(h[<s>]))) and CLAP's text
 projection (Linear, ReLU, Linear), L2-normalised, as laion_clap's `CLAP.get_text_embedding` with the
-`roberta` text model. Token ids come from the `roberta-base` tokenizer (see `magnet_jax.eval.clap`).
+`roberta` text model. Token ids come from the `roberta-base` tokenizer (see `magnet_jax.metrics.clap`).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from magnet_jax.eval.clap_audio import LayerNorm, Linear, Projection, init_normal, l2_normalize
+from magnet_jax.metrics.clap_audio import LayerNorm, Linear, Projection, init_normal, l2_normalize
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""torchvggish checkpoints -> `magnet_jax.eval.vggish.VGGish`.
+"""torchvggish checkpoints -> `magnet_jax.metrics.vggish.VGGish`.
 
 Weights: torchvggish's `vggish-10086976.pth`, a state dict of its `VGG` module: `features.{0,3,6,8,11,13}`
 (the six 3x3 convolutions; the other indices are ReLUs and max-pools) and `embeddings.{0,2,4}` (the three
@@ -26,7 +26,7 @@ from flax import nnx
 from magnet_jax.convert.audiocraft_lm import ConversionError, load_into
 from magnet_jax.convert.torch_legacy import read_legacy_torch_file
 from magnet_jax.convert.torch_pickle import load_state_dict_file
-from magnet_jax.eval.vggish import EMBEDDING_SIZE, PCAPostprocessor, VGGish
+from magnet_jax.metrics.vggish import EMBEDDING_SIZE, PCAPostprocessor, VGGish
 
 _CONV_INDICES = {"conv1": 0, "conv2": 3, "conv3_1": 6, "conv3_2": 8, "conv4_1": 11, "conv4_2": 13}
 _FC_INDICES = {"fc1_1": 0, "fc1_2": 2, "fc2": 4}

@@ -2,7 +2,7 @@
 
 This is the embedding model of the Fréchet Audio Distance (FAD, Kilgour et al. 2019) that MAGNeT's
 paper reports. Weights come from torchvggish's port of the TF checkpoint (`vggish-10086976.pth`,
-see `magnet_jax.eval.convert_vggish.load_vggish`).
+see `magnet_jax.metrics.convert_vggish.load_vggish`).
 
 Front end (`waveform_to_examples`), numpy, computed as torchvggish's `vggish_input.waveform_to_examples`:
 mono (channel mean), 16 kHz (resampled with soxr instead of resampy: both are band-limited and agree up

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 
 from flax import nnx
 
-from magnet_jax.eval.clap_audio import ClapAudioEncoder, HTSATConfig
-from magnet_jax.eval.clap_text import ROBERTA_BASE, ClapTextEncoder, RobertaConfig
+from magnet_jax.metrics.clap_audio import ClapAudioEncoder, HTSATConfig
+from magnet_jax.metrics.clap_text import ROBERTA_BASE, ClapTextEncoder, RobertaConfig
 
 
 @dataclass(frozen=True)

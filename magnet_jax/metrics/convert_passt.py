@@ -1,4 +1,4 @@
-"""hear21passt checkpoints -> `magnet_jax.eval.passt.PaSST`.
+"""hear21passt checkpoints -> `magnet_jax.metrics.passt.PaSST`.
 
 Accepted layouts (read with the project's torch-free reader, never torch.load):
 - the released AudioSet weights (e.g. passt-s-f128-20sec-p16-s10-ap.474-swa.pt): a state dict of the
@@ -23,7 +23,7 @@ from flax import nnx
 
 from magnet_jax.convert.audiocraft_lm import ConversionError, load_into
 from magnet_jax.convert.torch_pickle import load_state_dict_file
-from magnet_jax.eval.passt import PASST_CONFIGS, PaSST, PasstConfig
+from magnet_jax.metrics.passt import PASST_CONFIGS, PaSST, PasstConfig
 
 StateDict = Mapping[str, np.ndarray]
 
