@@ -36,7 +36,7 @@ def test_an_empty_existing_workdir_is_taken_as_new(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         main(["sweep", "--config", str(path), "--workdir", str(workdir), "--no-progress"])
     assert started == ["span_len=1"]
-    spec = json.load(open(workdir / "sweep.json"))  # claimed as this grid's folder
+    spec = json.loads((workdir / "sweep.json").read_text())  # claimed as this grid's folder
     assert spec["grid"] == {"masking.span_len": [1, 3]}
     assert sorted(os.listdir(tmp_path / "runs")) == ["ablation"]  # nothing set aside (no ablation.replaced)
     # and the same grid in the now claimed folder resumes rather than being refused
