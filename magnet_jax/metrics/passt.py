@@ -31,6 +31,8 @@ import numpy as np
 from flax import nnx
 
 from magnet_jax.data.audio_io import resample
+from magnet_jax.nn.linear import Dense
+from magnet_jax.nn.norms import LayerNorm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,28 +186,14 @@ def log_mel(config: PasstConfig, wav: jnp.ndarray) -> jnp.ndarray:
 
 # ---------------------------------------------------------------------------------------------- ViT
 
-class LayerNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float, *, param_dtype=jnp.float32):
-        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
-        self.bias = nnx.Param(jnp.zeros((dim,), param_dtype))
-        self.eps = eps
+def _linear(n_in: int, n_out: int, *, rngs: nnx.Rngs, precision, bias: bool = True) -> Dense:
+    """timm's Linear: kernel [in, out] drawn from a normal truncated at 2 std, std 0.02 (the
+    weights come from a checkpoint)."""
+    def init(key, shape, dtype):
+        return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * 0.02
 
-    def __call__(self, x):
-        x = x.astype(jnp.float32)
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-        return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
-
-
-class Linear(nnx.Module):
-    def __init__(self, n_in: int, n_out: int, *, bias: bool = True, rngs: nnx.Rngs, param_dtype=jnp.float32):
-        self.kernel = nnx.Param(jax.random.truncated_normal(rngs.params(), -2.0, 2.0, (n_in, n_out), param_dtype)
-                                * 0.02)
-        self.bias = nnx.Param(jnp.zeros((n_out,), param_dtype)) if bias else None
-
-    def __call__(self, x, precision=None):
-        y = jnp.matmul(x, self.kernel[...], precision=precision)
-        return y + self.bias[...] if self.bias is not None else y
+    return Dense((n_in,), (n_out,), in_axes=(None,), out_axes=(None,), use_bias=bias, precision=precision,
+                 kernel_init=init, rngs=rngs)
 
 
 class Block(nnx.Module):
@@ -213,23 +201,23 @@ class Block(nnx.Module):
         d = config.embed_dim
         hidden = int(d * config.mlp_ratio)
         self.num_heads, self.precision = config.num_heads, precision
-        self.norm1 = LayerNorm(d, config.norm_eps)
-        self.qkv = Linear(d, 3 * d, bias=config.qkv_bias, rngs=rngs)
-        self.proj = Linear(d, d, rngs=rngs)
-        self.norm2 = LayerNorm(d, config.norm_eps)
-        self.fc1 = Linear(d, hidden, rngs=rngs)
-        self.fc2 = Linear(hidden, d, rngs=rngs)
+        self.norm1 = LayerNorm(d, eps=config.norm_eps, rngs=rngs)
+        self.qkv = _linear(d, 3 * d, bias=config.qkv_bias, precision=precision, rngs=rngs)
+        self.proj = _linear(d, d, precision=precision, rngs=rngs)
+        self.norm2 = LayerNorm(d, eps=config.norm_eps, rngs=rngs)
+        self.fc1 = _linear(d, hidden, precision=precision, rngs=rngs)
+        self.fc2 = _linear(hidden, d, precision=precision, rngs=rngs)
 
     def __call__(self, x):
         b, n, d = x.shape
         h, p = self.num_heads, self.precision
-        qkv = self.qkv(self.norm1(x), p).reshape(b, n, 3, h, d // h)
+        qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, h, d // h)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=p) * (d // h) ** -0.5
         attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v, precision=p).reshape(b, n, d)
-        x = x + self.proj(attn, p)
-        hidden = jax.nn.gelu(self.fc1(self.norm2(x), p), approximate=False)
-        return x + self.fc2(hidden, p)
+        x = x + self.proj(attn)
+        hidden = jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False)
+        return x + self.fc2(hidden)
 
 
 class PaSST(nnx.Module):
@@ -254,10 +242,11 @@ class PaSST(nnx.Module):
         self.freq_pos_embed = init((c.grid[0], d))
         self.time_pos_embed = init((c.grid[1], d))
         self.blocks = nnx.List([Block(c, precision=precision, rngs=rngs) for _ in range(c.depth)])
-        self.norm = LayerNorm(d, c.norm_eps)
-        self.head_norm = LayerNorm(d, c.head_norm_eps)
-        self.head = Linear(d, c.num_classes, rngs=rngs)
-        self.head_dist = Linear(d, c.num_classes, rngs=rngs)  # in the checkpoint, unused in eval (as hear21passt)
+        self.norm = LayerNorm(d, eps=c.norm_eps, rngs=rngs)
+        self.head_norm = LayerNorm(d, eps=c.head_norm_eps, rngs=rngs)
+        self.head = _linear(d, c.num_classes, precision=precision, rngs=rngs)
+        # in the checkpoint, unused in eval (as hear21passt)
+        self.head_dist = _linear(d, c.num_classes, precision=precision, rngs=rngs)
 
     def log_mel(self, wav: jnp.ndarray) -> jnp.ndarray:
         return log_mel(self.config, wav)
@@ -283,7 +272,7 @@ class PaSST(nnx.Module):
             x = block(x)
         x = self.norm(x)
         features = (x[:, 0] + x[:, 1]) / 2
-        return self.head(self.head_norm(features), p), features
+        return self.head(self.head_norm(features)), features
 
     def __call__(self, wav: jnp.ndarray) -> jnp.ndarray:
         return self.forward_mel(self.log_mel(wav))[0]

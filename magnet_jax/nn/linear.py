@@ -16,7 +16,8 @@ class Dense(nnx.Module):
     """y = x . W (+ b), contracting the trailing `len(in_shape)` dims of x.
 
     `in_shape`/`out_shape` are tuples so attention can keep `[embed, heads, kv]` kernels
-    (shardable over heads) instead of flat matrices.
+    (shardable over heads) instead of flat matrices. `precision` is the contraction's matmul
+    precision (None: JAX's default).
     """
 
     def __init__(
@@ -30,10 +31,11 @@ class Dense(nnx.Module):
         kernel_init: Callable,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
+        precision=None,
         rngs: nnx.Rngs,
     ):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
-        self.dtype = dtype
+        self.dtype, self.precision = dtype, precision
         self.kernel = param(rngs, kernel_init, self.in_shape + self.out_shape, in_axes + out_axes, param_dtype)
         self.bias = (
             param(rngs, lambda k, s, d: jnp.zeros(s, d), self.out_shape, out_axes, param_dtype) if use_bias else None
@@ -45,7 +47,8 @@ class Dense(nnx.Module):
         batch = "".join(letters[: x.ndim - n_in])
         ins = "".join("qrst"[:n_in])
         outs = "".join("uvwx"[:n_out])
-        y = jnp.einsum(f"{batch}{ins},{ins}{outs}->{batch}{outs}", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y = jnp.einsum(f"{batch}{ins},{ins}{outs}->{batch}{outs}", x.astype(self.dtype),
+                       self.kernel[...].astype(self.dtype), precision=self.precision)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
