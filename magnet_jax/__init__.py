@@ -6,7 +6,7 @@ from magnet_jax.decode.sampler import MagnetSampler
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 from magnet_jax.models.magnet_lm import MagnetLM
 from magnet_jax.pipeline import MAGNeT
-from magnet_jax.pretrained import load_pretrained
+from magnet_jax.loading import load_pretrained
 from magnet_jax.version import __version__
 
 __all__ = ["MAGNeT", "load_pretrained", "Config", "DecodeConfig", "LMConfig", "load_config", "MagnetLM",

@@ -6,10 +6,20 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import time
+import typing
 from pathlib import Path
 from typing import List
+
+from magnet_jax.config import DecodeConfig
+from magnet_jax.data.audio_io import write_audio
+from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
+from magnet_jax.loading import load_pretrained
+from magnet_jax.pretrained_parts import convert_to_cache
+from magnet_jax.text_to_audio import check_duration
 
 
 def add_commands(sub) -> None:
@@ -40,26 +50,53 @@ def add_commands(sub) -> None:
     c.set_defaults(func=run_convert)
 
 
+# The decoding flags of `generate` (and `eval`): one per `DecodeConfig` field a call may set,
+# named and typed after the field (`schedule` and `query_buckets` are the trained model's or
+# speed-only settings). Written here: help texts, choices, and the flag of a boolean that turns
+# its default off.
+_NOT_FLAGS = ("schedule", "query_buckets")
+_FLAG_OPTIONS = {
+    "decoding_steps": {"help": "steps per codebook, e.g. 20 10 10 10"},
+    "span_arrangement": {"choices": ("nonoverlap", "stride1")},
+    "span_scoring": {"choices": ("max", "prod")},
+    "use_sampling": {"flag": "--greedy", "help": "argmax decoding instead of sampling"},
+    "hybrid_prefix": {"help": "Hybrid-MAGNeT checkpoints: seconds decoded autoregressively first (default 3)"},
+}
+# Decoding settings that are not DecodeConfig fields: MusicGen's guidance, and rescoring's weight.
+_OTHER_FLAGS = {
+    "cfg_coef": {"type": float, "help": "MusicGen's guidance coefficient (MAGNeT: --max/min-cfg-coef)"},
+    "rescore_weight": {"type": float, "help": "MAGNeT's share w of the mixed confidence w*p_magnet + "
+                                            "(1-w)*p_rescorer (default 0.5)"},
+}
+DECODE_FLAG_FIELDS = tuple(f.name for f in dataclasses.fields(DecodeConfig) if f.name not in _NOT_FLAGS)
+assert set(_FLAG_OPTIONS) <= set(DECODE_FLAG_FIELDS), "a flag option names no DecodeConfig field"
+
+
+def _field_flag(field: dataclasses.Field, hint) -> tuple:
+    """(flag, argparse keywords) of one DecodeConfig field."""
+    options = dict(_FLAG_OPTIONS.get(field.name, {}))
+    if hint is bool:  # the flag turns the default off
+        flag = options.pop("flag", ("--no-" if field.default else "--") + field.name.replace("_", "-"))
+        return flag, {"action": "store_const", "const": not field.default, "default": None, "dest": field.name,
+                      **options}
+    flag = "--" + field.name.replace("_", "-")
+    if typing.get_origin(hint) is tuple:  # Tuple[int, ...]: one value per codebook
+        return flag, {"type": typing.get_args(hint)[0], "nargs": "+", "dest": field.name, **options}
+    return flag, {"type": hint, "dest": field.name, **options}
+
+
 def decoding_args(p) -> None:
     """The decoding flags of `generate` (and of `eval`, which generates): see `_overrides`."""
     knobs = p.add_argument_group("decoding (defaults from the model)")
-    knobs.add_argument("--decoding-steps", type=int, nargs="+", help="steps per codebook, e.g. 20 10 10 10")
-    knobs.add_argument("--temperature", type=float)
-    knobs.add_argument("--top-p", type=float)
-    knobs.add_argument("--top-k", type=int)
-    knobs.add_argument("--cfg-coef", type=float, help="MusicGen's guidance coefficient (MAGNeT: --max/min-cfg-coef)")
-    knobs.add_argument("--max-cfg-coef", type=float)
-    knobs.add_argument("--min-cfg-coef", type=float)
-    knobs.add_argument("--span-arrangement", choices=("nonoverlap", "stride1"))
-    knobs.add_argument("--span-scoring", choices=("max", "prod"))
-    knobs.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
-    knobs.add_argument("--no-anneal-temperature", action="store_true")
-    knobs.add_argument("--hybrid-prefix", type=float,
-                       help="Hybrid-MAGNeT checkpoints: seconds decoded autoregressively first (default 3)")
+    hints = typing.get_type_hints(DecodeConfig)
+    for field in dataclasses.fields(DecodeConfig):
+        if field.name in DECODE_FLAG_FIELDS:
+            flag, options = _field_flag(field, hints[field.name])
+            knobs.add_argument(flag, **options)
+    knobs.add_argument("--cfg-coef", dest="cfg_coef", **_OTHER_FLAGS["cfg_coef"])
     knobs.add_argument("--rescorer", default=None,
                        help="MusicGen hub name or local folder that rescores each step's candidate (Eq. 5; MAGNeT only)")
-    knobs.add_argument("--rescore-weight", type=float,
-                       help="MAGNeT's share w of the mixed confidence w*p_magnet + (1-w)*p_rescorer (default 0.5)")
+    knobs.add_argument("--rescore-weight", dest="rescore_weight", **_OTHER_FLAGS["rescore_weight"])
 
 
 def _model_args(p, with_model: bool = True) -> None:
@@ -74,8 +111,6 @@ def _model_args(p, with_model: bool = True) -> None:
 
 
 def _load(args):
-    from magnet_jax.pretrained import load_pretrained
-
     model = load_pretrained(args.model, t5=args.t5, codec=args.codec, cache_dir=args.cache_dir,
                             local_files_only=args.offline, dtype=args.dtype,
                             generation_defaults=getattr(args, "generation_defaults", "checkpoint"))
@@ -92,22 +127,13 @@ def _load(args):
 
 
 def _overrides(args) -> dict:
-    ov = dict(decoding_steps=args.decoding_steps, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-              max_cfg_coef=args.max_cfg_coef, min_cfg_coef=args.min_cfg_coef,
-              span_arrangement=args.span_arrangement, span_scoring=args.span_scoring, cfg_coef=args.cfg_coef,
-              rescore_weight=args.rescore_weight, hybrid_prefix=args.hybrid_prefix)
-    if args.greedy:
-        ov["use_sampling"] = False
-    if args.no_anneal_temperature:
-        ov["anneal_temperature"] = False
+    """The decoding settings given on the command line (those left out come from the model)."""
+    ov = {k: getattr(args, k) for k in (*DECODE_FLAG_FIELDS, *_OTHER_FLAGS)}
     return {k: v for k, v in ov.items() if v is not None}
 
 
 def _check_decoding_args(args) -> None:
     """The decoding flags' own limits, checked before the model loads (its defaults fill the rest)."""
-    from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
-    from magnet_jax.pipeline import check_duration
-
     if args.duration is not None:
         check_duration(args.duration)
     if args.decoding_steps is not None:
@@ -116,9 +142,8 @@ def _check_decoding_args(args) -> None:
         raise ValueError(f"--top-k must be >= 0 (0: no top-k filtering), got {args.top_k}")
     if args.rescore_weight is not None and not args.rescorer:
         raise ValueError("--rescore-weight needs --rescorer (a MusicGen checkpoint to rescore with)")
-    given = {k: getattr(args, k) for k in ("temperature", "top_p", "max_cfg_coef", "min_cfg_coef", "rescore_weight")
-             if getattr(args, k) is not None}
-    DecodeKnobs.create(**given)
+    knobs = inspect.signature(DecodeKnobs.create).parameters
+    DecodeKnobs.create(**{k: v for k, v in _overrides(args).items() if k in knobs})
 
 
 def _out_paths(out: str, n: int) -> List[Path]:
@@ -139,8 +164,6 @@ def run_generate(args, overrides: List[str]) -> int:
     if overrides:
         raise ValueError(f"generate takes no --config overrides, got {overrides}")
     from tqdm import tqdm
-
-    from magnet_jax.data.audio_io import write_audio
 
     if args.batch_size < 0:
         raise ValueError(f"--batch-size must be >= 0 (0: all prompts at once), got {args.batch_size}")
@@ -184,8 +207,6 @@ def run_generate(args, overrides: List[str]) -> int:
 def run_convert(args, overrides: List[str]) -> int:
     if overrides:
         raise ValueError(f"convert takes no --config overrides, got {overrides}")
-    from magnet_jax.loading import convert_to_cache
-
     t0 = time.perf_counter()
     entry = convert_to_cache(args.model, t5=args.t5, codec=args.codec, cache_dir=args.cache_dir,
                              local_files_only=args.offline, dtype=args.dtype)

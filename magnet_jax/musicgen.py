@@ -1,9 +1,10 @@
 """`MusicGen`: text -> T5 -> causal LM sampled autoregressively -> EnCodec -> waveform.
 
-    model = load_pretrained("facebook/musicgen-small")     # or a local folder (magnet_jax.pretrained)
+    model = MusicGen.from_pretrained("facebook/musicgen-small")   # or a local folder, or load_pretrained
     wav = model.generate(["80s disco with a funky bass"], duration=8, seed=0)
 
-The same text conditioning, codec and audio plumbing as `MAGNeT`; decoding is the
+A `TextToAudio` pipeline (text_to_audio.py), sibling of `MAGNeT`: the same text conditioning,
+codec and audio plumbing; decoding is the
 autoregressive sampler (decode/autoregressive.py) with audiocraft's MusicGen defaults
 (sampling, top-k 250, top-p 0, temperature 1, guidance 3), each overridable per call. It
 serves as the rescorer and Hybrid-MAGNeT's prefix model too.
@@ -18,17 +19,20 @@ import numpy as np
 
 from magnet_jax.config import Config
 from magnet_jax.decode.autoregressive import ARKnobs, ARSampler, ARSettings
-from magnet_jax.pipeline import MAGNeT
+from magnet_jax.text_to_audio import TextToAudio
 
 # audiocraft's MusicGen.set_generation_params defaults
 DEFAULTS = dict(use_sampling=True, top_k=250, top_p=0.0, temperature=1.0, cfg_coef=3.0)
 _ALIASES = {"temp": "temperature"}
 
 
-class MusicGen(MAGNeT):
+class MusicGen(TextToAudio):
+    default_name = "musicgen"
+    default_checkpoint = "facebook/musicgen-small"
+
     def __init__(self, config: Config, model, t5, tokenizer, codec, *, name: str = "musicgen",
                  generation_defaults: str = "checkpoint"):
-        """As `MAGNeT`'s; prefer `MusicGen.from_pretrained` or `magnet_jax.pretrained.load_pretrained`."""
+        """See `TextToAudio`; prefer `MusicGen.from_pretrained` or `magnet_jax.loading.load_pretrained`."""
         super().__init__(config, model, t5, tokenizer, codec, name=name, generation_defaults=generation_defaults)
 
     @staticmethod

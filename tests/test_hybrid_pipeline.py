@@ -8,7 +8,7 @@ from flax import nnx
 
 from magnet_jax.models.magnet_model import MagnetModel
 from magnet_jax.pipeline import MAGNeT
-from magnet_jax.pretrained import load_pretrained
+from magnet_jax.loading import load_pretrained
 
 from tests.reference import require
 from tests.reference.audiocraft_pipeline import make_magnet_folder

@@ -150,7 +150,8 @@ def test_graph_sees_the_package():
     assert f"{PACKAGE}.pipeline" in graph and f"{PACKAGE}.train.trainer" in graph
     assert any(graph.values())
     # `from magnet_jax import hub` is the submodule, not the package's __init__
-    assert f"{PACKAGE}.hub" in graph[f"{PACKAGE}.loading"] and PACKAGE not in graph[f"{PACKAGE}.loading"]
+    parts = graph[f"{PACKAGE}.pretrained_parts"]
+    assert f"{PACKAGE}.hub" in parts and PACKAGE not in parts
 
 
 def test_the_detector_finds_cycles_and_skips_type_checking_imports():

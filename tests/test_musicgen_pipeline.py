@@ -6,7 +6,7 @@ import pytest
 
 from magnet_jax.musicgen import MusicGen
 from magnet_jax.pipeline import MAGNeT
-from magnet_jax.pretrained import load_pretrained
+from magnet_jax.loading import load_pretrained
 
 from tests.encodec_fixtures import make_encodec
 from tests.reference import audiocraft_lm as harness

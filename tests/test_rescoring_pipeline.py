@@ -3,7 +3,7 @@ layouts, same tiny codec), `MAGNeT.set_rescorer` and `magnet-jax generate --resc
 import numpy as np
 import pytest
 
-from magnet_jax.pretrained import load_pretrained
+from magnet_jax.loading import load_pretrained
 
 from tests.encodec_fixtures import make_encodec
 from tests.reference import require

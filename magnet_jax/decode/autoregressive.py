@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from magnet_jax.decode.delay_pattern import from_pattern, sequence_steps, to_pattern
+from magnet_jax.decode.interface import Sampler
 from magnet_jax.decode.sampling import sample_tokens
 from magnet_jax.models.magnet_lm import MagnetLM
 from magnet_jax.nn.attention import _NEG
@@ -63,25 +64,17 @@ class ARKnobs:
         return cls(f(temperature), f(top_p), f(cfg_coef))
 
 
-class ARSampler:
+class ARSampler(Sampler):
     def __init__(self, lm, params=None):
         """lm: a causal MagnetLM with codebook delays, or its graphdef with `params`."""
-        if isinstance(lm, MagnetLM):
-            self.graphdef, self.params = nnx.split(lm, nnx.Param)
-        else:
-            if params is None:
-                raise ValueError("pass a MagnetLM module, or a graphdef together with params")
-            self.graphdef, self.params = lm, params
-        self.config = c = nnx.merge(self.graphdef, self.params).config
+        self.split_lm(lm, params)
+        c = self.config
         # A Hybrid-MAGNeT LM decodes its prefix causally too (its prefix queries are trained so).
         if not (c.causal or c.kind == "hybrid") or len(c.codebook_delays) != c.n_q:
             raise ValueError("autoregressive sampling needs a causal LM with one delay per codebook (a MusicGen "
                              f"checkpoint); this one has causal={c.causal}, codebook_delays={c.codebook_delays}")
         self._generate_jit = jax.jit(self._generate, static_argnames=("settings", "length", "report"))
         self._listener = None
-
-    def _lm(self, params) -> MagnetLM:
-        return nnx.merge(self.graphdef, jax.tree.map(lambda x: x, params))
 
     # -- one sequence step -----------------------------------------------------------------
 
@@ -183,17 +176,9 @@ class ARSampler:
         is called after every sequence step, from inside the compiled program."""
         settings = ARSettings() if settings is None else settings
         knobs = ARKnobs.create() if knobs is None else knobs
-        c = self.config
-        condition_mask = jnp.asarray(condition_mask).astype(bool)
-        if condition.ndim != 3 or condition.shape[-1] != c.dim:
-            raise ValueError(f"condition must be the projected text condition [B, S, {c.dim}], got {condition.shape}")
         if length < 1:
             raise ValueError(f"length must be >= 1 frame, got {length}")
-        if prompt is not None:
-            if prompt.ndim != 3 or prompt.shape[:2] != (condition.shape[0], c.n_q):
-                raise ValueError(f"prompt must be codes [B={condition.shape[0]}, K={c.n_q}, P], got {prompt.shape}")
-            if prompt.shape[-1] >= length:
-                raise ValueError(f"the prompt ({prompt.shape[-1]} frames) must be shorter than length={length}")
+        condition_mask = self.check_inputs(condition, condition_mask, prompt, length=length)
         self._listener = progress
         try:
             codes = self._generate_jit(self.params, condition, condition_mask, prompt, key, knobs, settings=settings,

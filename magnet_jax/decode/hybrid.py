@@ -24,10 +24,10 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from magnet_jax.decode.autoregressive import ARKnobs, ARSampler, ARSettings
 from magnet_jax.decode.delay_pattern import predicting_steps, sequence_steps, to_pattern
+from magnet_jax.decode.interface import Sampler
 from magnet_jax.decode.sampler import output_length
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 from magnet_jax.decode.stage import StageTables, StepModel, decode_step, initial_stage_state, step_key
@@ -50,19 +50,15 @@ class HybridSettings:
             raise ValueError(f"prefix_frames must be >= 0, got {self.prefix_frames}")
 
 
-class HybridSampler:
+class HybridSampler(Sampler):
     def __init__(self, lm: MagnetLM):
         c = lm.config
         if c.kind != "hybrid":
             raise ValueError(f"Hybrid-MAGNeT decoding needs an LM trained as one (lm.kind='hybrid'); this one is "
                              f"kind={c.kind!r}" + (" (causal: a MusicGen LM)" if c.causal else ""))
-        self.config = c
-        self.graphdef, self.params = nnx.split(lm, nnx.Param)
+        self.split_lm(lm)
         self.ar = ARSampler(self.graphdef, self.params)
         self._generate_jit = jax.jit(self._generate, static_argnames=("settings", "length"))
-
-    def _lm(self, params) -> MagnetLM:
-        return nnx.merge(self.graphdef, jax.tree.map(lambda x: x, params))
 
     def _step_model(self, params, cross, stage: int, guided: bool, prefix: int, length: int) -> StepModel:
         """MAGNeT's step model over the pattern: the whole forward in `prefix`, the head at the
@@ -126,18 +122,12 @@ class HybridSampler:
                  length: int) -> jnp.ndarray:
         """codes int32 [B, K, T'] (T' = length, trimmed to whole spans when chunked). condition:
         the projected text condition [B, S, dim] with its mask [B, S]."""
-        c = self.config
         knobs = DecodeKnobs.create() if knobs is None else knobs
         ar_knobs = ARKnobs.create() if ar_knobs is None else ar_knobs
-        if len(settings.magnet.decoding_steps) != c.n_q:
-            raise ValueError(f"decoding_steps has {len(settings.magnet.decoding_steps)} entries for {c.n_q} codebooks")
-        if settings.magnet.span_len != c.span_len:
-            raise ValueError(f"settings.magnet.span_len={settings.magnet.span_len} differs from the LM's {c.span_len}")
-        if condition.ndim != 3 or condition.shape[-1] != c.dim:
-            raise ValueError(f"condition must be the projected text condition [B, S, {c.dim}], got {condition.shape}")
+        mask = self.check_inputs(condition, condition_mask, length=length, settings=settings.magnet,
+                                 settings_name="settings.magnet")
         out = output_length(settings.magnet, length)
         if settings.prefix_frames >= out:
             raise ValueError(f"the autoregressive prefix ({settings.prefix_frames} frames) must be shorter than the "
                              f"clip ({out} frames): ask for a shorter prefix or a longer duration")
-        mask = jnp.asarray(condition_mask).astype(bool)
         return self._generate_jit(self.params, condition, mask, key, ar_knobs, knobs, settings=settings, length=out)

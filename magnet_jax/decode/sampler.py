@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from magnet_jax.decode.interface import Sampler
 from magnet_jax.decode.rescoring import check_rescorer, token_probabilities
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 from magnet_jax.decode.stage import StageState, StageTables, StepModel, decode_step, initial_stage_state, step_key
@@ -44,19 +45,12 @@ def output_length(settings: SamplerSettings, length: int) -> int:
     return (length // settings.span_len) * settings.span_len if settings.chunked else length
 
 
-class MagnetSampler:
+class MagnetSampler(Sampler):
     def __init__(self, lm, params=None, *, mesh=None, rules=None, rescorer: Optional[MagnetLM] = None):
         """lm: a MagnetLM module, or its graphdef with `params` (an nnx.State of Params).
         rescorer: a causal LM with a delay pattern (a MusicGen LM) over the same codec, for
         rescoring (Eq. 5); `generate` then needs its text condition too."""
-        if isinstance(lm, MagnetLM):
-            self.graphdef, self.params = nnx.split(lm, nnx.Param)
-            self.config = lm.config
-        else:
-            if params is None:
-                raise ValueError("pass a MagnetLM module, or a graphdef together with params")
-            self.graphdef, self.params = lm, params
-            self.config = nnx.merge(lm, params).config
+        self.split_lm(lm, params)
         self.mesh, self.rules = mesh, tuple(rules or ())
         self.rescorer_graphdef = self.rescorer_params = self.rescorer_config = None
         if rescorer is not None:
@@ -75,10 +69,6 @@ class MagnetSampler:
         self._prepare_rescorer_jit = jax.jit(self._prepare_rescorer)
 
     # -- pure pieces ---------------------------------------------------------------------
-
-    def _lm(self, params) -> MagnetLM:
-        # Fresh Variables at the current trace level (params may be closed over from an outer trace).
-        return nnx.merge(self.graphdef, jax.tree.map(lambda x: x, params))
 
     def _prepare(self, params, condition, condition_mask):
         """The text condition's cross-attention context (computed once per generation)."""
@@ -197,25 +187,6 @@ class MagnetSampler:
 
     # -- inputs --------------------------------------------------------------------------
 
-    def _check_inputs(self, condition, condition_mask, prompt, settings, length):
-        c = self.config
-        if len(settings.decoding_steps) != c.n_q:
-            raise ValueError(f"decoding_steps has {len(settings.decoding_steps)} entries, the LM has n_q={c.n_q} "
-                             "codebooks: give one step count per codebook")
-        if settings.span_len != c.span_len:
-            raise ValueError(f"settings.span_len={settings.span_len} differs from the LM's span_len={c.span_len}")
-        if condition.ndim != 3 or condition.shape[-1] != c.dim:
-            raise ValueError(f"condition must be the projected text condition [B, S, {c.dim}], got {condition.shape}")
-        if condition_mask.shape != condition.shape[:2]:
-            raise ValueError(f"condition_mask must be [B, S] = {condition.shape[:2]}, got {condition_mask.shape}")
-        if prompt is not None:
-            if prompt.ndim != 3 or prompt.shape[:2] != (condition.shape[0], c.n_q):
-                raise ValueError(f"prompt must be codes [B={condition.shape[0]}, K={c.n_q}, P], got {prompt.shape}")
-            if prompt.shape[-1] >= length:
-                raise ValueError(f"the prompt ({prompt.shape[-1]} frames) must be shorter than length={length}")
-        if output_length(settings, length) < 1:
-            raise ValueError(f"length={length} is shorter than one span of {settings.span_len} frames")
-
     def _place(self, *arrays):
         """Pads the batch to a multiple of the mesh's batch shards and shards it."""
         b = arrays[0].shape[0]
@@ -269,8 +240,9 @@ class MagnetSampler:
     def _inputs(self, condition, condition_mask, prompt, settings, length, rescore_condition):
         """Checked and placed inputs: (B, (condition, mask, prompt), rescore) with rescore the
         program's (rescorer params, its condition, its mask) or None."""
-        condition_mask = jnp.asarray(condition_mask).astype(bool)
-        self._check_inputs(condition, condition_mask, prompt, settings, length)
+        condition_mask = self.check_inputs(condition, condition_mask, prompt, length=length, settings=settings)
+        if output_length(settings, length) < 1:
+            raise ValueError(f"length={length} is shorter than one span of {settings.span_len} frames")
         rescore = self._rescore_inputs(rescore_condition, condition.shape[0])
         b, placed = self._place(condition, condition_mask, prompt, *(rescore or ()))
         rescore = None if rescore is None else (self.rescorer_params, *placed[3:])
