@@ -24,6 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from magnet_jax.nn.linear import Dense
+from magnet_jax.nn.norms import LayerNorm
+
 
 @dataclass(frozen=True)
 class HTSATConfig:
@@ -126,41 +129,33 @@ def bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- layers
 
 
+def normal_init(std: float = 0.02):
+    """`init(key, shape, dtype)`: N(0, std) drawn with numpy from an nnx key: the weights come from a
+    checkpoint, and one compiled jax.random kernel per parameter shape made building the model take tens
+    of seconds."""
+    def init(key, shape, dtype=jnp.float32):
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+        return jnp.asarray(rng.standard_normal(shape, np.float32) * std, dtype)
+
+    return init
+
+
 def init_normal(rngs: nnx.Rngs, shape, std: float = 0.02):
-    """Random N(0, std) init drawn with numpy from an nnx key: the weights come from a checkpoint, and one
-    compiled jax.random kernel per parameter shape made building the model take tens of seconds."""
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(rngs.params())).ravel())
-    return nnx.Param(jnp.asarray(rng.standard_normal(shape, np.float32) * std))
+    return nnx.Param(normal_init(std)(rngs.params(), shape))
 
 
-class Linear(nnx.Module):
-    def __init__(self, n_in: int, n_out: int, *, rngs: nnx.Rngs, bias: bool = True):
-        self.w = init_normal(rngs, (n_in, n_out))
-        self.b = nnx.Param(jnp.zeros((n_out,), jnp.float32)) if bias else None
-
-    def __call__(self, x):
-        y = x @ self.w[...]
-        return y if self.b is None else y + self.b[...]
-
-
-class LayerNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float):
-        self.w = nnx.Param(jnp.ones((dim,), jnp.float32))
-        self.b = nnx.Param(jnp.zeros((dim,), jnp.float32))
-        self.eps = eps
-
-    def __call__(self, x):
-        mu = jnp.mean(x, -1, keepdims=True)
-        var = jnp.mean(jnp.square(x - mu), -1, keepdims=True)
-        return (x - mu) * jax.lax.rsqrt(var + self.eps) * self.w[...] + self.b[...]
+def linear(n_in: int, n_out: int, *, rngs: nnx.Rngs, bias: bool = True) -> Dense:
+    """torch's Linear as nn/'s Dense: kernel [in, out] (the transposed torch weight), bias [out]."""
+    return Dense((n_in,), (n_out,), in_axes=(None,), out_axes=(None,), use_bias=bias, kernel_init=normal_init(),
+                 rngs=rngs)
 
 
 class Projection(nnx.Module):
     """CLAP's `audio_projection` / `text_projection`: Linear, ReLU, Linear."""
 
     def __init__(self, n_in: int, n_out: int, *, rngs: nnx.Rngs):
-        self.fc1 = Linear(n_in, n_out, rngs=rngs)
-        self.fc2 = Linear(n_out, n_out, rngs=rngs)
+        self.fc1 = linear(n_in, n_out, rngs=rngs)
+        self.fc2 = linear(n_out, n_out, rngs=rngs)
 
     def __call__(self, x):
         return self.fc2(jax.nn.relu(self.fc1(x)))
@@ -204,14 +199,14 @@ class SwinBlock(nnx.Module):
         if min(resolution) <= window:  # window covers the whole map: no partition, no shift
             window, shift = min(resolution), 0
         self.dim, self.resolution, self.heads, self.window, self.shift = dim, resolution, heads, window, shift
-        self.norm1 = LayerNorm(dim, cfg.ln_eps)
-        self.qkv = Linear(dim, 3 * dim, rngs=rngs)
+        self.norm1 = LayerNorm(dim, eps=cfg.ln_eps, rngs=rngs)
+        self.qkv = linear(dim, 3 * dim, rngs=rngs)
         self.rel_bias = init_normal(rngs, ((2 * window - 1) ** 2, heads))
-        self.proj = Linear(dim, dim, rngs=rngs)
-        self.norm2 = LayerNorm(dim, cfg.ln_eps)
+        self.proj = linear(dim, dim, rngs=rngs)
+        self.norm2 = LayerNorm(dim, eps=cfg.ln_eps, rngs=rngs)
         hidden = int(dim * cfg.mlp_ratio)
-        self.fc1 = Linear(dim, hidden, rngs=rngs)
-        self.fc2 = Linear(hidden, dim, rngs=rngs)
+        self.fc1 = linear(dim, hidden, rngs=rngs)
+        self.fc2 = linear(hidden, dim, rngs=rngs)
 
     def _attention(self, x):
         n_win, n, c = x.shape
@@ -246,8 +241,8 @@ class SwinBlock(nnx.Module):
 class PatchMerging(nnx.Module):
     def __init__(self, dim: int, resolution: Tuple[int, int], eps: float, *, rngs: nnx.Rngs):
         self.resolution = resolution
-        self.norm = LayerNorm(4 * dim, eps)
-        self.reduction = Linear(4 * dim, 2 * dim, rngs=rngs, bias=False)
+        self.norm = LayerNorm(4 * dim, eps=eps, rngs=rngs)
+        self.reduction = linear(4 * dim, 2 * dim, rngs=rngs, bias=False)
 
     def __call__(self, x):
         h, w = self.resolution
@@ -291,9 +286,9 @@ class HTSAT(nnx.Module):
         p = cfg.patch_size
         self.patch_w = init_normal(rngs, (p * p, cfg.embed_dim))  # Conv2d(1, E, p, stride p) as a matmul
         self.patch_b = nnx.Param(jnp.zeros((cfg.embed_dim,), jnp.float32))
-        self.patch_norm = LayerNorm(cfg.embed_dim, cfg.ln_eps)
+        self.patch_norm = LayerNorm(cfg.embed_dim, eps=cfg.ln_eps, rngs=rngs)
         self.stages = nnx.List([SwinStage(cfg, i, rngs=rngs) for i in range(len(cfg.depths))])
-        self.norm = LayerNorm(cfg.num_features, cfg.ln_eps)
+        self.norm = LayerNorm(cfg.num_features, eps=cfg.ln_eps, rngs=rngs)
 
     def log_mel(self, wav):
         """[B, clip_samples] -> log-mel [B, frames, mel_bins] (before the BatchNorm)."""

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from magnet_jax.metrics.clap_audio import LayerNorm, Linear, Projection, init_normal, l2_normalize
+from magnet_jax.metrics.clap_audio import Projection, init_normal, l2_normalize, linear
+from magnet_jax.nn.norms import LayerNorm
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,14 @@ class RobertaLayer(nnx.Module):
     def __init__(self, cfg: RobertaConfig, *, rngs: nnx.Rngs):
         d = cfg.hidden_size
         self.heads = cfg.num_heads
-        self.q = Linear(d, d, rngs=rngs)
-        self.k = Linear(d, d, rngs=rngs)
-        self.v = Linear(d, d, rngs=rngs)
-        self.o = Linear(d, d, rngs=rngs)
-        self.attn_norm = LayerNorm(d, cfg.layer_norm_eps)
-        self.fc1 = Linear(d, cfg.intermediate_size, rngs=rngs)
-        self.fc2 = Linear(cfg.intermediate_size, d, rngs=rngs)
-        self.ff_norm = LayerNorm(d, cfg.layer_norm_eps)
+        self.q = linear(d, d, rngs=rngs)
+        self.k = linear(d, d, rngs=rngs)
+        self.v = linear(d, d, rngs=rngs)
+        self.o = linear(d, d, rngs=rngs)
+        self.attn_norm = LayerNorm(d, eps=cfg.layer_norm_eps, rngs=rngs)
+        self.fc1 = linear(d, cfg.intermediate_size, rngs=rngs)
+        self.fc2 = linear(cfg.intermediate_size, d, rngs=rngs)
+        self.ff_norm = LayerNorm(d, eps=cfg.layer_norm_eps, rngs=rngs)
 
     def __call__(self, x, bias):
         b, s, d = x.shape
@@ -69,9 +70,9 @@ class RobertaEncoder(nnx.Module):
         self.word = init_normal(rngs, (cfg.vocab_size, d))
         self.pos = init_normal(rngs, (cfg.max_position_embeddings, d))
         self.token_type = init_normal(rngs, (cfg.type_vocab_size, d))
-        self.embed_norm = LayerNorm(d, cfg.layer_norm_eps)
+        self.embed_norm = LayerNorm(d, eps=cfg.layer_norm_eps, rngs=rngs)
         self.layers = nnx.List([RobertaLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-        self.pooler = Linear(d, d, rngs=rngs)
+        self.pooler = linear(d, d, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask):
         c = self.cfg

@@ -42,14 +42,14 @@ def clap_state_dict(raw: Mapping[str, object]) -> Dict[str, np.ndarray]:
 
 def _lin(src: TensorSource, pre: str, bias: bool = True) -> Dict:
     w = src.pop(pre + "weight")
-    p = {"w": None if w is None else w.T}
+    p = {"kernel": None if w is None else w.T}
     if bias:
-        p["b"] = src.pop(pre + "bias")
+        p["bias"] = src.pop(pre + "bias")
     return p
 
 
 def _ln(src: TensorSource, pre: str) -> Dict:
-    return {"w": src.pop(pre + "weight"), "b": src.pop(pre + "bias")}
+    return {"scale": src.pop(pre + "weight"), "bias": src.pop(pre + "bias")}
 
 
 def _check_buffer(src: TensorSource, name: str, want: np.ndarray) -> None:
