@@ -243,8 +243,8 @@ def _parse():
 def main():
     args, overrides = _parse()
     from magnet_jax.config_io import load_config
-    from magnet_jax.data.input_pipeline import TokenBatches
     from magnet_jax.text.tokenizer import T5Tokenizer
+    from magnet_jax.train.setup import token_batches
 
     base = load_config(args.config, overrides)
     tmp = None
@@ -276,7 +276,7 @@ def main():
     cfg = load_config(args.config, list(overrides) + ["--config.data.source=tfds",
                                                               f"--config.data.dir={data_dir}"])
     tokenizer = T5Tokenizer(tok_dir, max_length=cfg.conditioner.max_text_len, padding="max_length")
-    data = TokenBatches(cfg, tokenizer)
+    data = token_batches(cfg, tokenizer)
     threads = args.threads or cfg.data.num_threads
     d, g = cfg.data, cfg.train.global_batch_size
     print(f"pipeline: config={cfg.name} dataset={data_dir} ({len(data.source)} examples, {data.num_train} train) "

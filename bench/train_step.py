@@ -57,7 +57,7 @@ def measure_train_step(cfg, *, steps: int = 10, mesh: str = "", compile_only: bo
     from magnet_jax.train.flops import peak_tflops, train_step_flops
     from magnet_jax.train.optimizer import make_optimizer
     from magnet_jax.train.state import build_train_state
-    from magnet_jax.train.trainer import compile_train_step, make_data_source
+    from magnet_jax.train.setup import compile_train_step, make_data_source
 
     if mesh:
         sizes = dict(kv.split("=") for kv in mesh.split(","))

@@ -136,7 +136,7 @@ def compile_train_step_for(cfg, topology: str, num_slices: int = 1) -> Dict[str,
     from magnet_jax.train.flops import train_step_flops
     from magnet_jax.train.optimizer import make_optimizer
     from magnet_jax.train.state import abstract_train_state, model_graphdef
-    from magnet_jax.train.trainer import compile_train_step, t5_encoder_fn
+    from magnet_jax.train.setup import compile_train_step, t5_encoder_fn
 
     devices = tpu_devices(topology, num_slices)
     kind, (peak, bandwidth, hbm) = _chip(devices)

@@ -68,7 +68,7 @@ def _eval_run(args) -> int:
     from magnet_jax.parallel.logical import axis_rules
     from magnet_jax.parallel.mesh import make_mesh
     from magnet_jax.train.restore import restore_run
-    from magnet_jax.train.trainer import frozen_text_encoder, make_data_source
+    from magnet_jax.train.setup import frozen_text_encoder, make_data_source
 
     cfg, graphdef, state, step = restore_run(args.model)
     mesh = make_mesh(cfg.mesh)

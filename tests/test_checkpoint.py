@@ -19,8 +19,9 @@ from magnet_jax.parallel.mesh import make_mesh
 from magnet_jax.train.checkpoint import CheckpointMismatchError, Checkpointer
 from magnet_jax.train.metrics import read_metrics
 from magnet_jax.train.optimizer import make_optimizer
+from magnet_jax.train.setup import compile_train_step, make_data_source
 from magnet_jax.train.state import abstract_train_state, build_train_state
-from magnet_jax.train.trainer import compile_train_step, make_data_source, train
+from magnet_jax.train.trainer import train
 
 
 def _cfg(tmp_path, **train):

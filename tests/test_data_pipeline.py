@@ -17,6 +17,7 @@ from magnet_jax.data.records import open_dataset
 from magnet_jax.data.sources import load_source
 from magnet_jax.data.text import compose_description, word_dropout
 from magnet_jax.text.tokenizer import T5Tokenizer
+from magnet_jax.train.setup import token_batches
 from magnet_jax.train.trainer import train
 
 from tests.data_fixtures import make_data_env, make_token_dataset
@@ -108,7 +109,7 @@ def token_dir(env, tmp_path_factory):
 def test_batches_crop_compose_and_resume(env, token_dir, tmp_path):
     cfg = _cfg(env, token_dir, tmp_path)
     tok = T5Tokenizer(env["root"] / "t5", max_length=16, padding="max_length")
-    data = TokenBatches(cfg, tok)
+    data = token_batches(cfg, tok)
     b = data.batch(0, 8, 0, 1)
     assert b["codes"].shape == (8, 4, 30) and b["text_ids"].shape == (8, 16) and b["padding_mask"].shape == (8, 30)
     assert b["codes"].max() < 64 and b["padding_mask"][:, :15].all()  # crops keep >= min_segment_ratio frames
@@ -130,7 +131,7 @@ def test_batches_crop_compose_and_resume(env, token_dir, tmp_path):
 def test_two_hosts_read_disjoint_slices_that_cover_the_data(env, token_dir, tmp_path):
     cfg = _cfg(env, token_dir, tmp_path)
     tok = T5Tokenizer(env["root"] / "t5", max_length=16, padding="max_length")
-    hosts = [TokenBatches(cfg, tok, process_index=p, process_count=2) for p in range(2)]
+    hosts = [token_batches(cfg, tok, process_index=p, process_count=2) for p in range(2)]
     seen = [{(str(ex["path"]), float(ex["offset_s"])) for ex in h.host_examples} for h in hosts]
     assert seen[0] and seen[1] and not seen[0] & seen[1]
     every = {(str(hosts[0].source[i]["path"]), float(hosts[0].source[i]["offset_s"]))
@@ -214,7 +215,7 @@ def test_sound_dataset_through_the_cli_with_a_16khz_codec(env, tmp_path):
 def test_worker_processes_give_the_same_batches_and_resume(env, token_dir, tmp_path):
     cfg = _cfg(env, token_dir, tmp_path)
     tok = T5Tokenizer(env["root"] / "t5", max_length=16, padding="max_length")
-    data = TokenBatches(cfg, tok)
+    data = token_batches(cfg, tok)
     it = data.iterator(8, 0, 1, workers=2, threads=1)
     try:
         first = [next(it) for _ in range(2)]

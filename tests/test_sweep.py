@@ -104,7 +104,7 @@ def test_decoding_knobs_reuse_one_compiled_program():
     from magnet_jax.config_io import load_config
     from magnet_jax.train.samples import TextSampler
     from magnet_jax.train.state import init_params, model_graphdef
-    from magnet_jax.train.trainer import make_data_source
+    from magnet_jax.train.setup import make_data_source
 
     cfg = load_config("configs/tiny.py")
     result = types.SimpleNamespace(state=types.SimpleNamespace(params=init_params(cfg, 0), ema_params=None),

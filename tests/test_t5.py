@@ -95,7 +95,7 @@ def test_the_frozen_encoder_is_sharded_by_the_mesh_rules(tmp_path):
     from magnet_jax.config_io import load_config
     from magnet_jax.parallel.logical import axis_rules
     from magnet_jax.parallel.mesh import make_mesh
-    from magnet_jax.train.trainer import frozen_text_encoder
+    from magnet_jax.train.setup import frozen_text_encoder
 
     make_t5(tmp_path / "t5", full=False, tokenizer=False)
     ids = jnp.asarray(np.random.default_rng(0).integers(2, 96, (8, 6)), jnp.int32)

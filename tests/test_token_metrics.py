@@ -13,8 +13,8 @@ from magnet_jax.masking import mask_rate_to_span_starts_lut
 from magnet_jax.parallel.logical import axis_rules
 from magnet_jax.parallel.mesh import make_mesh
 from magnet_jax.train.optimizer import make_optimizer
+from magnet_jax.train.setup import make_data_source
 from magnet_jax.train.state import build_train_state
-from magnet_jax.train.trainer import make_data_source
 
 SMALL = tm.Protocol(examples=12)
 

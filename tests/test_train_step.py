@@ -14,8 +14,8 @@ from magnet_jax.parallel.mesh import make_mesh
 from magnet_jax.train.losses import masked_cross_entropy
 from magnet_jax.train.objectives import build_inputs
 from magnet_jax.train.optimizer import make_optimizer
+from magnet_jax.train.setup import compile_train_step, make_data_source, memory_summary
 from magnet_jax.train.state import build_train_state
-from magnet_jax.train.trainer import compile_train_step, make_data_source, memory_summary
 
 
 def small_cfg(**mesh):

@@ -62,7 +62,7 @@ def test_cli_reports_bad_override_clearly_and_enables_the_compile_cache(tmp_path
 
 
 def test_synthetic_data_refuses_a_text_encoder():
-    from magnet_jax.train.trainer import make_data_source
+    from magnet_jax.train.setup import make_data_source
 
     cfg = load_config("configs/tiny.py", ["conditioner.encoder=t5"])
     with pytest.raises(ValueError, match="conditioner.encoder=embedding.*--config.data.dir="):

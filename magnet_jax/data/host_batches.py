@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from magnet_jax.config import Config
+from magnet_jax.data.interface import TokenSource
 from magnet_jax.parallel.distributed import gather_to_process_zero
 from magnet_jax.parallel.mesh import batch_axis_size, data_sharding
 
@@ -28,13 +29,13 @@ class BatchReader:
     """This host's batch for each step: random access by step (synthetic data), or a prefetching
     iterator (datasets) whose position before each step is kept so checkpoints can resume it."""
 
-    def __init__(self, data, global_batch: int, pidx: int, pcount: int, start: int, state=None):
+    def __init__(self, data: TokenSource, global_batch: int, pidx: int, pcount: int, start: int, state=None):
         self.data, self.args = data, (global_batch, pidx, pcount)
         self.it = None
         # A checkpoint without iterator state (start > 0): random access by step is equivalent.
-        if hasattr(data, "iterator") and (state is not None or not start):
-            self.it = data.iterator(*self.args, state=state)
-            if state is not None:
+        if state is not None or not start:
+            self.it = data.iterator(*self.args, state=state)  # None: the source has no iterator
+            if self.it is not None and state is not None:
                 log.info("data: this host's iterator continues from its checkpointed position (step %d)", start)
         self.states: Dict[int, Any] = {}
 

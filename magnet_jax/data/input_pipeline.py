@@ -20,7 +20,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from magnet_jax.config import Config
+from magnet_jax.config import DataConfig
+from magnet_jax.data.interface import TokenSourceBase
 from magnet_jax.data.records import dataset_facts, open_dataset
 from magnet_jax.data.text import compose_description, word_dropout
 
@@ -109,18 +110,24 @@ def _split_between_files(source, boundary: int) -> int:
     return b if b > 0 else boundary  # one file only: it cannot be kept out of either side
 
 
-class TokenBatches:
-    """The trainer's data source for `data.source='tfds'` (see `magnet_jax.train.trainer`)."""
+class TokenBatches(TokenSourceBase):
+    """The trainer's data source for `data.source='tfds'` (a `TokenSource`; see `magnet_jax.train.setup`).
 
-    def __init__(self, cfg: Config, tokenizer, *, process_index: int = 0, process_count: int = 1):
+    data: the dataset's settings; per_host_batch: this host's share of the global batch;
+    n_q, card: the LM's codebooks and codebook size (the dataset's codes are checked against them);
+    word_dropout: the conditioner's training-time caption word dropout."""
+
+    def __init__(self, data: DataConfig, tokenizer, per_host_batch: int, *, n_q: int, card: int,
+                 word_dropout: float = 0.0, process_index: int = 0, process_count: int = 1):
         import grain
 
-        d = cfg.data
+        d = data
         self.source = open_dataset(d.dir)
         n = len(self.source)
-        self.num_frames, self.n_q, self.card = d.num_frames, cfg.lm.n_q, cfg.lm.card
+        self.num_frames, self.n_q, self.card = d.num_frames, n_q, card
         self.min_frames = int(round(d.min_segment_ratio * self.num_frames))
-        self.cfg, self.tokenizer = cfg, tokenizer
+        self.data, self.tokenizer, self.word_dropout = data, tokenizer, word_dropout
+        self.per_host_batch = per_host_batch
         self.records = _Records.of(self.source) or self.source
         num_eval = min(max(int(round(d.eval_fraction * n)), 1 if n > 1 else 0), n - 1)
         self.num_train = _split_between_files(self.records, n - num_eval)
@@ -130,15 +137,14 @@ class TokenBatches:
             raise ValueError(f"{d.dir} has {self.num_train} training examples, fewer than the {process_count} processes")
         train = grain.MapDataset.source(self.records)[: self.num_train]
         self.host_examples = train[process_index::process_count]
-        per_host = cfg.train.global_batch_size // process_count
         self.dataset = (self.host_examples.shuffle(seed=d.seed).repeat()
                         .random_map(self._example, seed=d.seed + 1)
-                        .batch(per_host, drop_remainder=True)
+                        .batch(per_host_batch, drop_remainder=True)
                         .map(self._tokenize))
         self._check_example()
 
     def _check_example(self) -> None:
-        facts, d = dataset_facts(self.cfg.data.dir), self.cfg.data
+        facts, d = dataset_facts(self.data.dir), self.data
         if "frame_rate" in facts and abs(facts["frame_rate"] - d.frame_rate) > 1e-6:
             raise ValueError(f"{d.dir} holds codes at {facts['frame_rate']:g} Hz but data.frame_rate={d.frame_rate}: "
                              "set --config.data.frame_rate to the codec's frame rate (or retokenise)")
@@ -147,10 +153,10 @@ class TokenBatches:
                              f"`magnet-jax tokenize --source {d.dir} ...` and train on that")
         codes = np.asarray(self.source[0]["codes"])
         if codes.ndim != 2 or codes.shape[0] != self.n_q:
-            raise ValueError(f"{self.cfg.data.dir} holds codes of shape {codes.shape}, the LM models "
+            raise ValueError(f"{d.dir} holds codes of shape {codes.shape}, the LM models "
                              f"{self.n_q} codebooks: tokenised with another codec?")
         if codes.max() >= self.card:
-            raise ValueError(f"{self.cfg.data.dir} holds code {codes.max()} >= lm.card={self.card}")
+            raise ValueError(f"{d.dir} holds code {codes.max()} >= lm.card={self.card}")
 
     # -- per example / per batch ----------------------------------------------------------
 
@@ -164,14 +170,14 @@ class TokenBatches:
         return {"codes": out, "padding_mask": mask}
 
     def _example(self, ex: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:
-        d, c = self.cfg.data, self.cfg.conditioner
+        d = self.data
         codes = np.asarray(ex["codes"])
         max_offset = max(0, codes.shape[-1] - self.min_frames)
         out = self._crop(codes, int(rng.integers(0, max_offset + 1)))
         info = json.loads(_text(ex["info"]))
         text = compose_description(info, rng, merge_text_p=d.merge_text_p, drop_desc_p=d.drop_desc_p,
                                    drop_other_p=d.drop_other_p)
-        out["text"] = np.asarray(word_dropout(text, c.word_dropout, rng) or "", dtype=object)
+        out["text"] = np.asarray(word_dropout(text, self.word_dropout, rng) or "", dtype=object)
         return out
 
     def _tokenize(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -199,8 +205,8 @@ class TokenBatches:
         import grain
 
         self._check_layout(global_batch, process_index, process_count)
-        threads = self.cfg.data.num_threads if threads is None else threads
-        workers = self.cfg.data.num_workers if workers is None else workers
+        threads = self.data.num_threads if threads is None else threads
+        workers = self.data.num_workers if workers is None else workers
         prefetch = max(threads, 1) if prefetch is None else prefetch
         ds = self.dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
         if workers > 0:
@@ -220,13 +226,13 @@ class TokenBatches:
 
     def _check_layout(self, global_batch, process_index, process_count) -> None:
         if (process_index, process_count) != (self.process_index, self.process_count) or \
-                global_batch != self.cfg.train.global_batch_size:
+                global_batch != self.per_host_batch * self.process_count:
             raise ValueError("TokenBatches was built for another process layout or batch size")
 
     def eval_batch(self, i: int, global_batch: int) -> Dict[str, np.ndarray]:
         """Held-out examples (the dataset's last `eval_fraction`), cropped at 0, plain descriptions."""
         if self.num_eval == 0:
-            raise ValueError(f"{self.cfg.data.dir} is too small to hold out evaluation examples")
+            raise ValueError(f"{self.data.dir} is too small to hold out evaluation examples")
         rows = [self.num_train + (i * global_batch + j) % self.num_eval for j in range(global_batch)]
         items = []
         for r in rows:

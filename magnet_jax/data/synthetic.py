@@ -24,6 +24,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from magnet_jax.data.interface import TokenSourceBase
+
 TEMPOS = {"slow": 16, "medium": 12, "fast": 8, "rapid": 6}
 GENRES = ("ambient", "techno", "jazz", "rock", "folk", "disco", "metal", "lofi")
 INSTRUMENTS = ("piano", "guitar", "bass", "synth", "drums", "strings", "flute", "organ")
@@ -58,7 +60,9 @@ def _entropy(p: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-class SyntheticMusicTokens:
+class SyntheticMusicTokens(TokenSourceBase):
+    """The embedded procedural dataset (see the module doc); a `TokenSource` with every diagnostic."""
+
     def __init__(self, card: int, n_q: int, num_frames: int, noise: float = 0.1, seed: int = 0,
                  max_text_len: int = 8):
         if card < 2 or n_q < 1 or num_frames < 1:

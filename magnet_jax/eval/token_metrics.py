@@ -112,7 +112,7 @@ def protocol_batches(data, global_batch: int, protocol: Protocol = PROTOCOL) -> 
     """(held-out host batches, number of examples scored): batches covering examples 0 .. examples - 1, each with its `example_ids`;
     the last batch's rows past the end carry id -1 (padding: scored nowhere). A dataset holding
     out fewer examples gives all it has (the summary's `examples` says how many)."""
-    n = min(protocol.examples, getattr(data, "num_eval", protocol.examples))
+    n = protocol.examples if data.num_eval is None else min(protocol.examples, data.num_eval)
     out = []
     for i in range(-(-n // global_batch)):
         ids = np.arange(i * global_batch, (i + 1) * global_batch)

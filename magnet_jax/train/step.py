@@ -27,7 +27,7 @@ def encode_text(text_encoder, frozen, batch):
 
 def make_train_step(cfg: Config, graphdef, tx, lr_schedule, text_encoder=None):
     """The pure step `(state, batch, key, frozen) -> (state, metrics)`; jit it with shardings
-    (see `trainer.compile_train_step`). text_encoder: `(frozen, ids, mask) -> hidden`, a
+    (see `setup.compile_train_step`). text_encoder: `(frozen, ids, mask) -> hidden`, a
     frozen encoder (T5) whose parameters `frozen` are passed beside the state, not trained."""
     lut = mask_rate_to_span_starts_lut(cfg.data.num_frames, cfg.masking.span_len)
     n_q = cfg.lm.n_q

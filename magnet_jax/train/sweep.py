@@ -238,7 +238,7 @@ def score_decoding(cfg: Config, result, decoding: List[Dict[str, Any]], sweep: S
 
 def _check_captions(cfg: Config, captions) -> None:
     """The synthetic data scores captions of its own grammar: a bad one fails before training."""
-    from magnet_jax.train.trainer import make_data_source
+    from magnet_jax.train.setup import make_data_source
 
     try:
         make_data_source(cfg).random_agreement(list(captions), cfg.data.num_frames, draws=1)
