@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
+from magnet_jax.config_checks import check_values
+
 
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
@@ -234,8 +236,6 @@ class Config:
     data: DataConfig = DataConfig()
 
     def __post_init__(self):
-        from magnet_jax.config_checks import check_values
-
         check_values(self)
         if self.masking.span_len != self.lm.span_len:
             raise ValueError(

@@ -29,6 +29,7 @@ __all__ = [
     "apply_overrides",
     "config_to_dict",
     "config_from_dict",
+    "dataclass_from_dict",
     "diff_configs",
     "format_config",
 ]
@@ -230,7 +231,7 @@ def _convert(value: Any, tp: Any) -> Any:
         return tuple(_convert(v, a) for v, a in zip(items, args))
     if _is_dataclass_type(tp):
         if isinstance(value, Mapping):
-            return _from_dict(value, tp, prefix="")
+            return dataclass_from_dict(tp, value)
         raise _ParseError("expected a mapping of the section's keys")
     raise _ParseError(f"unsupported field type {_type_name(tp)}")
 
@@ -367,7 +368,11 @@ def config_to_dict(cfg: Config) -> Dict[str, Any]:
     return _to_plain(cfg)
 
 
-def _from_dict(d: Mapping[str, Any], cls, prefix: str):
+def dataclass_from_dict(cls, d: Mapping[str, Any], *, ignore_unknown: bool = False, prefix: str = ""):
+    """The dataclass `cls` from a (nested) dict: each value read as its field's declared type (JSON
+    lists become tuples, nested dicts the nested dataclasses), missing keys take their defaults.
+    Unknown keys are errors, or with `ignore_unknown` (a foreign file, e.g. a Hugging Face
+    config.json) skipped. The one dict -> dataclass converter of the package."""
     if not isinstance(d, Mapping):
         raise ValueError(f"config section {prefix or '<root>'!r} must be a mapping, got {type(d).__name__}.")
     valid = _fields(cls)
@@ -375,10 +380,12 @@ def _from_dict(d: Mapping[str, Any], cls, prefix: str):
     for name, value in d.items():
         full_key = f"{prefix}{name}"
         if name not in valid:
+            if ignore_unknown:
+                continue
             raise _unknown_key_error(full_key, name, cls)
         tp = _hints(cls)[name]
         if _is_dataclass_type(tp):
-            kwargs[name] = _from_dict(value, tp, prefix=f"{full_key}.")
+            kwargs[name] = dataclass_from_dict(tp, value, ignore_unknown=ignore_unknown, prefix=f"{full_key}.")
             continue
         try:
             kwargs[name] = _convert(value, tp)
@@ -389,7 +396,7 @@ def _from_dict(d: Mapping[str, Any], cls, prefix: str):
 
 def config_from_dict(d: Mapping[str, Any]) -> Config:
     """Inverse of `config_to_dict`. Unknown keys are errors; missing keys take their defaults."""
-    return _from_dict(d, Config, prefix="")
+    return dataclass_from_dict(Config, d)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:

@@ -5,6 +5,8 @@ import dataclasses
 import math
 from typing import Any, Dict, Optional, Tuple
 
+from magnet_jax.config_io import dataclass_from_dict
+
 
 @dataclasses.dataclass(frozen=True)
 class EncodecConfig:
@@ -50,8 +52,7 @@ class EncodecConfig:
         audiocraft's HF wrapper uses it."""
         if d.get("chunk_length_s") is not None or d.get("normalize"):
             raise ValueError("chunked, input-normalising EnCodec configs (the 48 kHz codec) are not supported")
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names and v is not None}
+        kw = {k: v for k, v in d.items() if v is not None}
         kw.setdefault("codebook_dim", d.get("hidden_size", 128))
         if num_quantizers is None:
             hop = math.prod(d.get("upsampling_ratios", cls.upsampling_ratios))
@@ -59,4 +60,4 @@ class EncodecConfig:
             bits = math.ceil(math.log2(d.get("codebook_size", 1024)))
             num_quantizers = int(1000 * max(d.get("target_bandwidths", [24.0])) // (frame_rate * bits))
         kw["num_quantizers"] = int(num_quantizers)
-        return cls(**kw)
+        return dataclass_from_dict(cls, kw, ignore_unknown=True)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from magnet_jax.config_io import dataclass_from_dict
 from magnet_jax.parallel.logical import constrain
 
 
@@ -34,8 +35,7 @@ class T5Config:
 
     @classmethod
     def from_hf_dict(cls, d: Dict[str, Any]) -> "T5Config":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return dataclass_from_dict(cls, d, ignore_unknown=True)
 
     @property
     def gated(self) -> bool:
