@@ -18,7 +18,9 @@ from flax import nnx
 
 from magnet_jax.config import Config
 from magnet_jax.convert.audiocraft_config import config_from_xp_cfg, parse_xp_cfg
-from magnet_jax.convert.audiocraft_lm import ConversionError, lm_params_from_audiocraft, load_into
+from magnet_jax.convert.audiocraft_lm import lm_params_from_audiocraft
+from magnet_jax.convert.common import ConversionError, load_into
+from magnet_jax.convert.torch_pickle import load_torch_file
 from magnet_jax.models.magnet_model import MagnetModel
 
 LM_FILE = "state_dict.bin"
@@ -36,8 +38,6 @@ def _resolve_file(path: Union[str, os.PathLike], filename: str) -> Path:
 
 def read_audiocraft_package(path: Union[str, os.PathLike], filename: str = LM_FILE) -> Dict:
     """The exported dict of an audiocraft checkpoint file (read without torch, see `torch_pickle`)."""
-    from magnet_jax.convert.torch_pickle import load_torch_file
-
     file = _resolve_file(path, filename)
     pkg = load_torch_file(file)
     if not isinstance(pkg, Mapping):

@@ -23,7 +23,7 @@ import numpy as np
 
 from magnet_jax.codec import EncodecConfig, EncodecModel
 from magnet_jax.convert.audiocraft_config import XpConfigError, parse_xp_cfg
-from magnet_jax.convert.audiocraft_lm import ConversionError
+from magnet_jax.convert.common import ConversionError
 from magnet_jax.convert.encodec_params import AUDIOCRAFT_LAYOUT, build_encodec, params_from_hf
 
 # SEANetEncoder / SEANetDecoder keyword defaults in audiocraft 1.3.0 (what an absent key means).

@@ -8,31 +8,15 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, Tuple
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from magnet_jax.config import LMConfig
+from magnet_jax.convert.common import ConversionError, TensorSource, load_into
+
+# The shared helpers' old home: other converters and tests import them from here too.
+__all__ = ["LM_PREFIXES", "ConversionError", "TensorSource", "lm_params_from_audiocraft", "load_into"]
 
 LM_PREFIXES = ("emb.", "transformer.", "out_norm.", "linears.")
-
-
-class ConversionError(ValueError):
-    pass
-
-
-class TensorSource:
-    """Pops tensors by name so leftovers can be reported."""
-
-    def __init__(self, tensors: Mapping[str, np.ndarray]):
-        self.tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
-        self.missing = []
-
-    def pop(self, name: str):
-        if name not in self.tensors:
-            self.missing.append(name)
-            return None
-        return self.tensors.pop(name)
 
 
 def _attention(src: TensorSource, prefix: str, cfg: LMConfig) -> Dict:
@@ -117,37 +101,8 @@ def lm_params_from_audiocraft(state_dict: Mapping[str, np.ndarray], cfg: LMConfi
     if cfg.bias_proj:
         hb = [src.pop(f"linears.{k}.bias") for k in range(cfg.n_q)]
         params["heads_bias"] = None if any(b is None for b in hb) else np.stack(hb)
-    if src.missing:
-        raise ConversionError(f"checkpoint lacks {len(src.missing)} LM tensors the config needs, e.g. "
-                              f"{src.missing[:5]}; is the config (layers, biases, layer_scale) the checkpoint's?")
-    if src.tensors:
-        raise ConversionError(f"{len(src.tensors)} LM tensors of the checkpoint were not used, e.g. "
-                              f"{sorted(src.tensors)[:5]}; the config does not describe this checkpoint.")
+    src.check("checkpoint lacks {n} LM tensors the config needs, e.g. {names}; is the config (layers, biases, "
+              "layer_scale) the checkpoint's?",
+              "{n} LM tensors of the checkpoint were not used, e.g. {names}; the config does not describe this "
+              "checkpoint.", shown=5)
     return params, others
-
-
-def load_into(model: nnx.Module, params: Dict) -> None:
-    """Writes a pure param dict into `model`, checking every parameter is set with its shape."""
-    state = nnx.state(model, nnx.Param)
-    flat_target = dict(nnx.to_flat_state(state))
-    flat_src = {}
-
-    def walk(tree, path):
-        for k, v in tree.items():
-            if isinstance(v, dict):
-                walk(v, path + (k,))
-            else:
-                flat_src[path + (k,)] = v
-
-    walk(params, ())
-    unset = sorted("/".join(map(str, p)) for p in flat_target if p not in flat_src)
-    extra = sorted("/".join(map(str, p)) for p in flat_src if p not in flat_target)
-    if unset or extra:
-        raise ConversionError(f"parameters left unset: {unset[:5]}; converted tensors with no parameter: {extra[:5]}")
-    for path, var in flat_target.items():
-        value = flat_src[path]
-        if value is None or tuple(value.shape) != tuple(var.get_value().shape):
-            got = None if value is None else tuple(value.shape)
-            raise ConversionError(f"parameter {'/'.join(map(str, path))}: expected shape "
-                                  f"{tuple(var.get_value().shape)}, checkpoint gives {got}")
-        var.set_value(jnp.asarray(value, dtype=var.get_value().dtype))

@@ -23,11 +23,12 @@ import os
 from pathlib import Path
 from typing import Tuple, Union
 
+from magnet_jax import hub
 from magnet_jax.codec import EncodecConfig, EncodecModel
 from magnet_jax.convert.audiocraft_encodec import encodec_from_package
-from magnet_jax.convert.audiocraft_lm import ConversionError
+from magnet_jax.convert.common import ConversionError, read_hf_weights
 from magnet_jax.convert.encodec_params import build_encodec, params_from_hf
-from magnet_jax.convert.t5 import read_hf_weights
+from magnet_jax.convert.torch_pickle import load_torch_file
 
 
 def load_hf_encodec(folder: Union[str, os.PathLike]) -> Tuple[EncodecConfig, EncodecModel]:
@@ -52,9 +53,6 @@ def load_encodec(path: Union[str, os.PathLike], **resolve_kwargs) -> Tuple[Encod
         path = path / "compression_state_dict.bin"
     if not path.is_file():
         raise FileNotFoundError(f"no EnCodec checkpoint at {path}")
-    from magnet_jax import hub
-    from magnet_jax.convert.torch_pickle import load_torch_file
-
     pkg = load_torch_file(path)
     if not isinstance(pkg, dict) or not ("pretrained" in pkg or "best_state" in pkg):
         raise ConversionError(f"{path} is not an audiocraft compression checkpoint")

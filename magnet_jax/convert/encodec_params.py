@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from magnet_jax.codec import EncodecConfig, EncodecModel
-from magnet_jax.convert.audiocraft_lm import ConversionError, TensorSource, load_into
+from magnet_jax.convert.common import ConversionError, TensorSource, load_into
 
 _VQ_STATS = ("inited", "cluster_size", "embed_avg")
 
@@ -122,12 +122,8 @@ def params_from_hf(tensors: Dict[str, np.ndarray], cfg: EncodecConfig, layout: K
             src.tensors.pop(key)
         elif lay.extra_stages_ok and stage.isdigit() and int(stage) >= cfg.num_quantizers:  # unused stages
             src.tensors.pop(key)
-    if src.missing:
-        raise ConversionError(f"the EnCodec checkpoint lacks {len(src.missing)} tensors, e.g. {src.missing[:4]}; "
-                              f"is {lay.config_name} the checkpoint's?")
-    if src.tensors:
-        raise ConversionError(f"{len(src.tensors)} EnCodec tensors were not used, e.g. {sorted(src.tensors)[:4]}; "
-                              f"{lay.config_name} does not describe this checkpoint")
+    src.check("the EnCodec checkpoint lacks {n} tensors, e.g. {names}; is " + lay.config_name + " the checkpoint's?",
+              "{n} EnCodec tensors were not used, e.g. {names}; " + lay.config_name + " does not describe this checkpoint")
     return {"encoder": enc, "decoder": dec, "codebooks": np.stack(books)}
 
 

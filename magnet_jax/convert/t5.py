@@ -16,42 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from magnet_jax.convert.audiocraft_lm import ConversionError, load_into
-from magnet_jax.convert.torch_pickle import load_state_dict_file
+from magnet_jax.convert.common import ConversionError, TensorSource, load_into, read_hf_weights
 from magnet_jax.text.t5 import T5Config, T5Encoder
 
 _SKIPPED = ("decoder.", "lm_head.")
 
 
-def read_hf_weights(folder: Path) -> Dict[str, np.ndarray]:
-    """All tensors of a Hugging Face folder: model.safetensors (maybe sharded) or pytorch_model.bin."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (folder / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    elif (folder / "pytorch_model.bin").is_file():
-        files = ["pytorch_model.bin"]
-    else:
-        raise FileNotFoundError(f"{folder} has no model.safetensors or pytorch_model.bin")
-    tensors: Dict[str, np.ndarray] = {}
-    for f in files:
-        tensors.update(load_state_dict_file(folder / f))
-    return tensors
-
-
 def t5_params_from_hf(tensors: Dict[str, np.ndarray], cfg: T5Config) -> Dict:
-    src = {k: np.asarray(v, np.float32) for k, v in tensors.items() if not k.startswith(_SKIPPED)}
+    src = TensorSource({k: v for k, v in tensors.items() if not k.startswith(_SKIPPED)})
     if "encoder.embed_tokens.weight" in src and "shared.weight" in src:
-        src.pop("encoder.embed_tokens.weight")  # tied to shared.weight
-    missing = []
-
-    def pop(name, transpose=False):
-        if name not in src:
-            missing.append(name)
-            return None
-        v = src.pop(name)
-        return v.T if transpose else v
+        src.tensors.pop("encoder.embed_tokens.weight")  # tied to shared.weight
+    pop = src.pop
 
     embed = pop("shared.weight") if "shared.weight" in src else pop("encoder.embed_tokens.weight")
     blocks = []
@@ -78,12 +53,9 @@ def t5_params_from_hf(tensors: Dict[str, np.ndarray], cfg: T5Config) -> Dict:
         "blocks": {i: b for i, b in enumerate(blocks)},
         "final_norm": {"scale": pop("encoder.final_layer_norm.weight")},
     }
-    if missing:
-        raise ConversionError(f"the T5 checkpoint lacks {len(missing)} encoder tensors, e.g. {missing[:4]}; is "
-                              "config.json (num_layers, feed_forward_proj) the checkpoint's?")
-    if src:
-        raise ConversionError(f"{len(src)} T5 encoder tensors were not used, e.g. {sorted(src)[:4]}; config.json "
-                              "does not describe this checkpoint")
+    src.check("the T5 checkpoint lacks {n} encoder tensors, e.g. {names}; is config.json (num_layers, "
+              "feed_forward_proj) the checkpoint's?",
+              "{n} T5 encoder tensors were not used, e.g. {names}; config.json does not describe this checkpoint")
     return params
 
 

@@ -21,7 +21,7 @@ from typing import Dict, Mapping, Union
 import numpy as np
 from flax import nnx
 
-from magnet_jax.convert.audiocraft_lm import ConversionError, load_into
+from magnet_jax.convert.common import ConversionError, TensorSource, load_into
 from magnet_jax.convert.torch_pickle import load_state_dict_file
 from magnet_jax.metrics.passt import PASST_CONFIGS, PaSST, PasstConfig
 
@@ -64,17 +64,10 @@ def infer_config(tensors: StateDict) -> PasstConfig:
 
 def passt_params_from_torch(tensors: StateDict, config: PasstConfig) -> Dict:
     """hear21passt state dict -> the nested param dict of `PaSST(config)` (float32 numpy)."""
-    src = {k: np.asarray(v, np.float32) for k, v in _unwrap(tensors).items()}
+    src = TensorSource(_unwrap(tensors))
     if "pos_embed" in src and "time_new_pos_embed" not in src:
         raise ConversionError("this is an ImageNet ViT/DeiT checkpoint (a 2-D pos_embed), not a PaSST AudioSet one")
-    missing = []
-
-    def pop(name, transpose=False):
-        if name not in src:
-            missing.append(name)
-            return None
-        v = src.pop(name)
-        return v.T if transpose else v
+    pop = src.pop
 
     def norm(prefix):
         return {"scale": pop(prefix + ".weight"), "bias": pop(prefix + ".bias")}
@@ -130,12 +123,10 @@ def passt_params_from_torch(tensors: StateDict, config: PasstConfig) -> Dict:
         "head": linear("head.1"),
         "head_dist": linear("head_dist"),
     }
-    if missing:
-        raise ConversionError(f"the PaSST checkpoint lacks {len(missing)} tensors, e.g. {missing[:4]}; is the "
-                              f"config (depth={config.depth}) the checkpoint's?")
-    if src:
-        raise ConversionError(f"{len(src)} PaSST checkpoint tensors were not used, e.g. {sorted(src)[:4]}; the "
-                              f"config (depth={config.depth}) does not describe this checkpoint")
+    src.check("the PaSST checkpoint lacks {n} tensors, e.g. {names}; is the config (depth=" + str(config.depth)
+              + ") the checkpoint's?",
+              "{n} PaSST checkpoint tensors were not used, e.g. {names}; the config (depth=" + str(config.depth)
+              + ") does not describe this checkpoint")
     return params
 
 
