@@ -55,7 +55,7 @@ def _released(name: str, scale: str, segment_duration: float, conditioner: Condi
         name=name,
         lm=released_lm(scale),
         conditioner=conditioner,
-        masking=MaskingConfig(schedule="cosine", span_len=3),
+        masking=MaskingConfig(schedule="cosine"),
         decode=decode,
         optim=optim,
         train=TrainConfig(

@@ -13,7 +13,7 @@ def get_config() -> Config:
         lm=LMConfig(n_q=4, card=128, dim=128, num_heads=4, num_layers=4, span_len=3),
         conditioner=ConditionerConfig(encoder="embedding", vocab_size=64, output_dim=128, max_text_len=12,
                                       cfg_dropout=0.3),
-        masking=MaskingConfig(schedule="cosine", span_len=3),
+        masking=MaskingConfig(schedule="cosine"),
         decode=DecodeConfig(decoding_steps=(20, 10, 10, 10)),  # music sampling defaults otherwise
         optim=OptimConfig(optimizer="adamw", lr=2e-3, b1=0.9, b2=0.95, weight_decay=0.01, max_norm=1.0,
                           schedule="cosine", warmup_steps=100, ema_decay=0.99, ema_every=10),

@@ -10,7 +10,7 @@ def get_config() -> Config:
         lm=LMConfig(n_q=4, card=64, dim=32, num_heads=2, num_layers=2, span_len=3),
         conditioner=ConditionerConfig(encoder="embedding", vocab_size=64, max_text_len=8, output_dim=32,
                                       cfg_dropout=0.3),
-        masking=MaskingConfig(schedule="cosine", span_len=3),
+        masking=MaskingConfig(schedule="cosine"),
         decode=DecodeConfig(decoding_steps=(4, 2, 2, 2)),
         optim=OptimConfig(optimizer="adamw", lr=3e-3, warmup_steps=5, schedule="cosine"),
         train=TrainConfig(num_steps=20, global_batch_size=8, eval_every=10, log_every=5,

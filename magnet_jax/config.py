@@ -31,6 +31,8 @@ class LMConfig:
     cross_attention: bool = True
     causal: bool = False  # MAGNeT is bidirectional; True for MusicGen-style AR use
     subcodes_context: int = 5  # stages > 0 attend to |t_q - t_k| <= this; -1: unrestricted
+    # Masked spans of this many frames, in training (masking/spans.py) and in decoding: the one span
+    # length of the model (1 = token masking).
     span_len: int = 3
     # Static stages > 0 (sampling) compute the local attention block-banded instead of
     # masking a T x T score matrix; same result, less work at long T.
@@ -92,8 +94,9 @@ class ConditionerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MaskingConfig:
+    """Training's masking; the span length is the model's own, `lm.span_len`."""
+
     schedule: str = "cosine"  # a name in magnet_jax.masking.schedules
-    span_len: int = 3  # 1 = token masking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,11 +240,6 @@ class Config:
 
     def __post_init__(self):
         check_values(self)
-        if self.masking.span_len != self.lm.span_len:
-            raise ValueError(
-                f"masking.span_len={self.masking.span_len} differs from lm.span_len={self.lm.span_len}; "
-                "set both to the same value (the sampler decodes spans of lm.span_len)."
-            )
         if self.lm.dim % self.lm.num_heads:
             raise ValueError(f"lm.dim={self.lm.dim} is not divisible by lm.num_heads={self.lm.num_heads}.")
         if len(self.decode.decoding_steps) != self.lm.n_q:

@@ -26,7 +26,6 @@ RULES: Dict[str, _Rule] = {
     "conditioner.vocab_size": _POSITIVE, "conditioner.max_text_len": _POSITIVE,
     "conditioner.output_dim": _POSITIVE, "conditioner.cfg_dropout": _PROBABILITY,
     "conditioner.word_dropout": _PROBABILITY,
-    "masking.span_len": _POSITIVE,
     "decode.temperature": _AT_LEAST_0, "decode.top_k": _AT_LEAST_0, "decode.top_p": _PROBABILITY,
     "decode.query_buckets": _POSITIVE, "decode.hybrid_prefix": _AT_LEAST_0,
     "optim.lr": _POSITIVE, "optim.b1": _BELOW_1, "optim.b2": _BELOW_1, "optim.eps": _AT_LEAST_0,

@@ -265,7 +265,15 @@ def _as_sequence(value: Any) -> list:
 # --------------------------------------------------------------------------- overrides
 
 
+# Keys that moved: the old name -> the new one (old override keys and sweep grids get a clear error;
+# old dicts, e.g. checkpoints' configs, are read with the old key dropped when it agrees).
+MOVED_KEYS = {"masking.span_len": "lm.span_len"}
+
+
 def _unknown_key_error(full_key: str, name: str, cls) -> ValueError:
+    if full_key in MOVED_KEYS:
+        return ValueError(f"config key {full_key!r} is now {MOVED_KEYS[full_key]!r} (one span length for training and "
+                          f"decoding): write {MOVED_KEYS[full_key]}=... instead.")
     valid = _fields(cls)
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     prefix = full_key.rsplit(".", 1)[0] + "." if "." in full_key else ""
@@ -395,8 +403,26 @@ def dataclass_from_dict(cls, d: Mapping[str, Any], *, ignore_unknown: bool = Fal
 
 
 def config_from_dict(d: Mapping[str, Any]) -> Config:
-    """Inverse of `config_to_dict`. Unknown keys are errors; missing keys take their defaults."""
-    return dataclass_from_dict(Config, d)
+    """Inverse of `config_to_dict`. Unknown keys are errors; missing keys take their defaults.
+    A dict written before a key moved (`MOVED_KEYS`; checkpoints, converted models) is read with
+    the old key dropped where it agrees with the new one."""
+    return dataclass_from_dict(Config, _without_moved_keys(d))
+
+
+def _without_moved_keys(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    out = dict(d)
+    for old, new in MOVED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = out.get(old_section)
+        if not isinstance(section, Mapping) or old_key not in section:
+            continue
+        target = out.get(new_section) if isinstance(out.get(new_section), Mapping) else {}
+        if new_key in target and target[new_key] != section[old_key]:
+            raise ValueError(f"config: {old}={section[old_key]!r} (a key written before it moved) differs from "
+                             f"{new}={target[new_key]!r}")
+        out[old_section] = {k: v for k, v in section.items() if k != old_key}
+        out[new_section] = {**target, new_key: target.get(new_key, section[old_key])}
+    return out
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:

@@ -15,7 +15,6 @@ def test_magnet_fields():
     assert (lm.dim, lm.num_heads, lm.num_layers, lm.card, lm.n_q) == (48, 6, 3, 64, 4)
     assert (lm.subcodes_context, lm.span_len, lm.causal, lm.norm_first) == (4, 2, False, True)
     assert (lm.bias_attn, lm.bias_ff, lm.bias_proj, lm.layer_scale, lm.codebook_delays) == (False, False, False, None, ())
-    assert cfg.masking.span_len == 2
     assert cfg.data.segment_duration == 30 and cfg.data.frame_rate == 50
     assert cfg.conditioner.encoder == "t5" and cfg.conditioner.t5_name == "t5-base"
     assert cfg.conditioner.output_dim == 768 and cfg.conditioner.word_dropout == 0.3

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from magnet_jax.config import Config
+from magnet_jax.config import Config, LMConfig
 from magnet_jax.config_io import (
     apply_overrides,
     config_from_dict,
@@ -31,7 +31,7 @@ def test_every_config_loads_and_validates(path):
     assert isinstance(cfg, Config)
     assert cfg.name == path.stem
     assert len(cfg.decode.decoding_steps) == cfg.lm.n_q
-    assert cfg.masking.span_len == cfg.lm.span_len
+    assert not hasattr(cfg.masking, "span_len")  # one span length: lm.span_len
     assert cfg.lm.dim % cfg.lm.num_heads == 0
     assert cfg.data.num_frames > 0
     # Round trip through JSON.
@@ -163,11 +163,20 @@ def test_section_level_and_malformed_overrides():
 def test_post_init_validation_runs_through_overrides():
     with pytest.raises(ValueError, match="decoding_steps"):
         apply_overrides(Config(), ["decode.decoding_steps=10,10"])
-    with pytest.raises(ValueError, match="span_len"):
-        apply_overrides(Config(), ["lm.span_len=1"])
+    with pytest.raises(ValueError, match="lm.span_len=0: it must be"):
+        apply_overrides(Config(), ["lm.span_len=0"])
+    # The span length's old second home names its new one.
+    with pytest.raises(ValueError, match="'masking.span_len' is now 'lm.span_len'"):
+        apply_overrides(Config(), ["masking.span_len=1"])
+    assert apply_overrides(Config(), ["lm.span_len=1"]).lm.span_len == 1
+    # Configs written with both keys (checkpoints, converted models) still read, if they agree.
+    old = config_to_dict(Config(lm=LMConfig(span_len=1)))
+    old["masking"]["span_len"] = 1
+    assert config_from_dict(old) == Config(lm=LMConfig(span_len=1))
+    old["masking"]["span_len"] = 3
+    with pytest.raises(ValueError, match="masking.span_len=3"):
+        config_from_dict(old)
     # Coupled changes are applied together before validating.
-    out = apply_overrides(Config(), ["lm.span_len=1", "masking.span_len=1"])
-    assert out.lm.span_len == out.masking.span_len == 1
     out = apply_overrides(Config(), ["lm.n_q=2", "decode.decoding_steps=5,5"])
     assert out.lm.n_q == 2
     # Later overrides of a key win.

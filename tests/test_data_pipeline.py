@@ -92,7 +92,7 @@ def _cfg(env, data_dir, workdir, steps=6):
         lm=LMConfig(n_q=4, card=64, dim=32, num_heads=4, num_layers=2, subcodes_context=3, span_len=3, dtype="float32"),
         conditioner=ConditionerConfig(encoder="t5", t5_name=str(env["root"] / "t5"), output_dim=32, max_text_len=16,
                                       cfg_dropout=0.2, word_dropout=0.2),
-        masking=MaskingConfig(span_len=3), decode=DecodeConfig(decoding_steps=(2, 1, 1, 1)),
+        masking=MaskingConfig(), decode=DecodeConfig(decoding_steps=(2, 1, 1, 1)),
         optim=OptimConfig(lr=1e-3, warmup_steps=2),
         train=TrainConfig(num_steps=steps, global_batch_size=8, log_every=1, eval_every=3, eval_batches=1,
                           checkpoint_every=3, workdir=str(workdir), async_checkpointing=False, plot=False),

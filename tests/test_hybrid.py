@@ -129,7 +129,7 @@ def test_held_out_evaluation_fixes_the_boundaries():
     np.testing.assert_allclose(np.asarray(a["ce_prefix"]), np.asarray(b["ce_prefix"]), rtol=1e-6)
     from magnet_jax.masking import mask_rate_to_span_starts_lut
 
-    lut = mask_rate_to_span_starts_lut(t, cfg.masking.span_len)
+    lut = mask_rate_to_span_starts_lut(t, cfg.lm.span_len)
     _, aux = hybrid_loss(model, batch, jax.random.fold_in(jax.random.key(3), 2), 2, cfg, lut, condition="text",
                          boundary=0)
     np.testing.assert_allclose(float(a["ce_per_stage"][2]), float(aux["ce_nar"]), rtol=1e-5)

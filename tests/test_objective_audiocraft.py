@@ -76,7 +76,7 @@ def test_loss_equals_magnet_solver_run_step(setup, seed):
         metrics = solver.run_step(0, None, {})
     stage, span = seen["stage"], seen["span"].numpy()
 
-    cfg = Config(lm=CFG, masking=MaskingConfig(span_len=CFG.span_len))
+    cfg = Config(lm=CFG, masking=MaskingConfig())
     batch = {"codes": jnp.asarray(codes, jnp.int32), "text_ids": jnp.asarray(cond), "text_mask": jnp.asarray(cond_mask),
              "padding_mask": jnp.asarray(padding)}
     ce, aux = stage_loss(_TextIsTheCondition(lm), batch, jax.random.key(0), stage, cfg, None, condition="text",

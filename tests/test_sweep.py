@@ -21,7 +21,7 @@ def get_sweep():
                  decoding_grid={{"temperature": [3.0, 1.0], "decoding_steps": [(2, 1, 1, 1)]}},
                  captions=("slow jazz with piano", "fast rock with bass"))
 '''
-GRID = {"masking.span_len": [1, 3], "lm.subcodes_context": [2]}
+GRID = {"lm.span_len": [1, 3], "lm.subcodes_context": [2]}
 
 
 def write_sweep(tmp_path, grid=GRID, name="grid.py"):
@@ -60,10 +60,10 @@ def test_a_grid_trains_every_point_to_the_budget_and_writes_the_table(grid_run, 
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 2 * 2  # points x decoding settings
     assert {r["steps"] for r in rows} == {"6"}  # the budget: 6 steps of 8 clips of 30 frames x 4 codebooks
-    assert sorted({r["masking.span_len"] for r in rows}) == ["1", "3"]
+    assert sorted({r["lm.span_len"] for r in rows}) == ["1", "3"]
     assert {r["decode.temperature"] for r in rows} == {"3", "1"}
     table = (out / "results.md").read_text()
-    assert "| masking.span_len \\ lm.subcodes_context | 2 |" in table and "(not run yet)" not in table
+    assert "| lm.span_len \\ lm.subcodes_context | 2 |" in table and "(not run yet)" not in table
     assert os.path.getsize(out / "results.png") > 10_000
     first = out / "points" / "span_len=1,subcodes_context=2"
     result = json.load(open(first / "result.json"))
@@ -134,7 +134,7 @@ def test_bad_grids_are_refused_before_anything_trains(tmp_path):
     with pytest.raises(ValueError, match=r"masking.shedule.*Did you mean 'masking.schedule'"):
         sw.run_sweep(bad, str(tmp_path / "a"), progress=False)
     assert not (tmp_path / "a").exists()
-    bad_value = write_sweep(tmp_path, {"masking.span_len": [0]}, "bad_value.py")
+    bad_value = write_sweep(tmp_path, {"lm.span_len": [0]}, "bad_value.py")
     with pytest.raises(ValueError, match="span_len"):
         sw.run_sweep(bad_value, str(tmp_path / "b"), progress=False)
     with pytest.raises(ValueError, match="unknown decoding key 'temprature'"):

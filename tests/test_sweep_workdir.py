@@ -12,7 +12,7 @@ SWEEP = '''
 from magnet_jax.train.sweep import Sweep
 
 def get_sweep():
-    return Sweep(base_config="{base}", grid={{"masking.span_len": [1, 3]}}, token_budget=6 * 8 * 30 * 4,
+    return Sweep(base_config="{base}", grid={{"lm.span_len": [1, 3]}}, token_budget=6 * 8 * 30 * 4,
                  captions=("slow jazz with piano",))
 '''
 
@@ -37,7 +37,7 @@ def test_an_empty_existing_workdir_is_taken_as_new(tmp_path, monkeypatch):
         main(["sweep", "--config", str(path), "--workdir", str(workdir), "--no-progress"])
     assert started == ["span_len=1"]
     spec = json.loads((workdir / "sweep.json").read_text())  # claimed as this grid's folder
-    assert spec["grid"] == {"masking.span_len": [1, 3]}
+    assert spec["grid"] == {"lm.span_len": [1, 3]}
     assert sorted(os.listdir(tmp_path / "runs")) == ["ablation"]  # nothing set aside (no ablation.replaced)
     # and the same grid in the now claimed folder resumes rather than being refused
     with pytest.raises(Stop):

@@ -40,7 +40,7 @@ def test_numbers_do_not_depend_on_the_training_config():
     base = load_config("configs/tiny.py")
     first, params = _evaluate(base)
     other = dataclasses.replace(
-        base, masking=dataclasses.replace(base.masking, schedule="linear", span_len=1),
+        base, masking=dataclasses.replace(base.masking, schedule="linear"),
         lm=dataclasses.replace(base.lm, span_len=1),
         train=dataclasses.replace(base.train, seed=7, eval_batches=5, global_batch_size=5),
         optim=dataclasses.replace(base.optim, lr=1.0, optimizer="dadam"))

@@ -15,10 +15,10 @@ def get_sweep() -> Sweep:
                    "optim.ema_decay=0.0"),
         grid={
             "masking.schedule": ["cosine", "linear"],
-            "masking.span_len": [1, 3],
+            "lm.span_len": [1, 3],
             "lm.subcodes_context": [-1, 5],
         },
         token_budget=250 * 16 * 100 * 4,  # 250 steps of 16 clips of 100 frames x 4 codebooks
         decoding_grid={"decoding_steps": [(4, 2, 2, 2), (12, 6, 6, 6)], "temperature": [3.0, 1.0]},
-        table=("masking.span_len", "lm.subcodes_context"),
+        table=("lm.span_len", "lm.subcodes_context"),
     )

@@ -223,7 +223,7 @@ def config_from_xp_cfg(cfg: Dict, *, frame_rate: Optional[float] = None, name: s
         name=name,
         lm=lm,
         conditioner=conditioner_config_from_xp(cfg),
-        masking=MaskingConfig(schedule="cosine", span_len=lm.span_len),
+        masking=MaskingConfig(schedule="cosine"),
         decode=decode,
         data=DataConfig(source="synthetic", segment_duration=segment, frame_rate=int(round(float(fr or 50)))),
     )

@@ -45,7 +45,7 @@ def hybrid_draws(key, batch: int, seq_len: int, cfg, lut, condition: str = "drop
     k_boundary, k_rate, k_mask, k_cfg = jax.random.split(key, 4)
     rates = get_schedule(cfg.masking.schedule)(jax.random.uniform(k_rate, (batch,)))
     return {"boundary": jax.random.randint(k_boundary, (batch,), 0, seq_len),
-            "span": span_mask(k_mask, rates, seq_len, cfg.masking.span_len, lut),
+            "span": span_mask(k_mask, rates, seq_len, cfg.lm.span_len, lut),
             "keep": condition_keep(condition, k_cfg, batch, cfg)}
 
 

@@ -38,7 +38,7 @@ def stage_draws(key, batch: int, seq_len: int, cfg: Config, lut, condition: str 
     accumulation slices the very masks of the one large batch."""
     k_rate, k_mask, k_cfg = jax.random.split(key, 3)
     rates = get_schedule(cfg.masking.schedule)(jax.random.uniform(k_rate, (batch,)))
-    return {"span": span_mask(k_mask, rates, seq_len, cfg.masking.span_len, lut),
+    return {"span": span_mask(k_mask, rates, seq_len, cfg.lm.span_len, lut),
             "keep": condition_keep(condition, k_cfg, batch, cfg)}
 
 

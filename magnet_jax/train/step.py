@@ -29,7 +29,7 @@ def make_train_step(cfg: Config, graphdef, tx, lr_schedule, text_encoder=None):
     """The pure step `(state, batch, key, frozen) -> (state, metrics)`; jit it with shardings
     (see `setup.compile_train_step`). text_encoder: `(frozen, ids, mask) -> hidden`, a
     frozen encoder (T5) whose parameters `frozen` are passed beside the state, not trained."""
-    lut = mask_rate_to_span_starts_lut(cfg.data.num_frames, cfg.masking.span_len)
+    lut = mask_rate_to_span_starts_lut(cfg.data.num_frames, cfg.lm.span_len)
     n_q = cfg.lm.n_q
     objective = objective_for(cfg)
     ema_decay, ema_every = cfg.optim.ema_decay, max(cfg.optim.ema_every, 1)
@@ -98,7 +98,7 @@ def _accumulate(loss_fn, params, batch, text, key, accum: int, objective, cfg: C
 def make_eval_step(cfg: Config, graphdef, text_encoder=None):
     """Per-stage CE and accuracy `[K]` on a batch with fixed masking (key), with the text
     condition and with the null condition (the gap is what the caption is worth)."""
-    lut = mask_rate_to_span_starts_lut(cfg.data.num_frames, cfg.masking.span_len)
+    lut = mask_rate_to_span_starts_lut(cfg.data.num_frames, cfg.lm.span_len)
     objective, hybrid = objective_for(cfg), cfg.lm.kind == "hybrid"
 
     def eval_step(params, batch, key, frozen=None):

@@ -115,8 +115,6 @@ def expand_points(sweep: Sweep, folder: str, workdir: str) -> List[Point]:
     for combo in itertools.product(*sweep.grid.values()):
         values = dict(zip(sweep.grid, combo))
         changes = [_override(k, v) for k, v in values.items()]
-        if "masking.span_len" in values and "lm.span_len" not in values:  # the sampler decodes the trained spans
-            changes.append(_override("lm.span_len", values["masking.span_len"]))
         try:
             cfg = apply_overrides(base, changes)
         except ValueError as e:
