@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import tempfile
-import typing
 from pathlib import Path
 from typing import Dict, NamedTuple, Optional
 
@@ -31,11 +30,11 @@ from magnet_jax import hub
 from magnet_jax.caches import cache_root
 from magnet_jax.codec import EncodecConfig, EncodecModel
 from magnet_jax.config import Config
-from magnet_jax.config_io import config_from_dict, config_to_dict
+from magnet_jax.config_io import config_from_dict, config_to_dict, dataclass_from_dict
 from magnet_jax.convert.audiocraft_checkpoint import build_model, load_audiocraft_lm
 from magnet_jax.convert.encodec import load_encodec
 from magnet_jax.convert.t5 import load_t5_encoder
-from magnet_jax.convert.torch_pickle import load_torch_file
+from magnet_jax.convert import torch_pickle  # called through the module: tests replace it
 from magnet_jax.models.magnet_model import MagnetModel
 from magnet_jax.text.t5 import T5Config, T5Encoder
 from magnet_jax.text.tokenizer import T5Tokenizer
@@ -55,22 +54,12 @@ def _fingerprint(files, extra: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _dataclass_from_dict(cls, d: Dict):
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in d:
-            v = d[f.name]
-            kwargs[f.name] = tuple(v) if isinstance(v, list) and "Tuple" in str(hints.get(f.name)) else v
-    return cls(**kwargs)
-
-
 def _pure(module) -> Dict:
     return nnx.to_pure_dict(nnx.state(module, nnx.Param))
 
 
 def _read_codec_package(file: Path) -> Dict:
-    pkg = load_torch_file(file)
+    pkg = torch_pickle.load_torch_file(file)
     if not isinstance(pkg, dict):
         raise ValueError(f"{file} is not an audiocraft compression checkpoint")
     return pkg
@@ -129,9 +118,9 @@ def _load_cache(entry: Path, dtype: str):
     meta = json.loads((entry / "meta.json").read_text())
     config = config_from_dict(meta["config"])
     model = nnx.eval_shape(lambda: build_model(config, dtype=dtype))
-    t5 = nnx.eval_shape(lambda: T5Encoder(_dataclass_from_dict(T5Config, meta["t5"]), dtype=jnp.dtype(dtype),
+    t5 = nnx.eval_shape(lambda: T5Encoder(dataclass_from_dict(T5Config, meta["t5"], ignore_unknown=True), dtype=jnp.dtype(dtype),
                                           rngs=nnx.Rngs(0)))
-    codec = nnx.eval_shape(lambda: EncodecModel(_dataclass_from_dict(EncodecConfig, meta["codec"]), rngs=nnx.Rngs(0)))
+    codec = nnx.eval_shape(lambda: EncodecModel(dataclass_from_dict(EncodecConfig, meta["codec"], ignore_unknown=True), rngs=nnx.Rngs(0)))
     target = {"model": _pure(model), "t5": _pure(t5), "codec": _pure(codec)}
     with ocp.StandardCheckpointer() as ckpt:
         restored = ckpt.restore(entry / "params", target)
