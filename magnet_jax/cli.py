@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-
 import sys
 from typing import List, Optional
 
 import jax
 
+from magnet_jax import cli_compile, cli_data, cli_eval, cli_generate
 from magnet_jax.caches import enable_compilation_cache
+from magnet_jax.config_io import load_config
+from magnet_jax.parallel import distributed as d
+from magnet_jax.train.samples import sample_synthetic_captions
+from magnet_jax.train.trainer import train
+from magnet_jax.train.verdict import synthetic_verdict
 
 
 def _train(args, overrides: List[str]) -> int:
-    from magnet_jax.config_io import load_config
-
     cfg = load_config(args.config, overrides)
-    from magnet_jax.train.trainer import train
-
     result = train(cfg, progress=not args.no_progress)
     lead = jax.process_index() == 0  # in a multi-process job, only process 0 reports
     if result.preempted:
@@ -58,9 +59,6 @@ def _sample_after_training(cfg, result):
     """Generate from a few captions with the trained model (EMA weights when kept), score how
     well the samples follow the synthetic data's rules, and judge whether the run learned them
     (the verdict, or None without a held-out evaluation)."""
-    from magnet_jax.train.samples import sample_synthetic_captions
-    from magnet_jax.train.verdict import synthetic_verdict
-
     captions = ["slow jazz with piano", "fast techno with synth and dark mood", "medium folk with guitar",
                 "rapid metal with drums"]
     params = result.state.ema_params if result.state.ema_params is not None else result.state.params
@@ -90,7 +88,7 @@ def _skip_tpu_probe_without_chips() -> None:
         return
     if any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin")):
         return
-    try:
+    try:  # no public API counts the chips without initialising the TPU backend (the probe this avoids)
         from jax._src import hardware_utils
 
         if hardware_utils.num_available_tpu_chips_and_device_id()[0]:
@@ -116,8 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="python config file with get_config(), e.g. configs/quickstart.py")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
-    from magnet_jax import cli_compile, cli_data, cli_eval, cli_generate
-
     cli_generate.add_commands(sub)
     cli_data.add_commands(sub)
     cli_compile.add_commands(sub)
@@ -128,8 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_process_args(p: argparse.ArgumentParser) -> None:
-    from magnet_jax.parallel import distributed as d
-
     g = p.add_argument_group(
         "multi-process job (a pod or cluster; auto-detected on TPU VMs and SLURM)",
         f"One process per host, all started with the same command. Also from ${d.ENV_COORDINATOR}, "
@@ -151,9 +145,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _skip_tpu_probe_without_chips()
     _enable_cache()
     try:
-        from magnet_jax.parallel.distributed import maybe_initialize
-
-        maybe_initialize(args.coordinator, args.num_processes, args.process_id)
+        d.maybe_initialize(args.coordinator, args.num_processes, args.process_id)
         if jax.process_index() != 0:  # one log for the job: process 0's (others: warnings and errors)
             logging.getLogger().setLevel(logging.WARNING)
         return args.func(args, overrides)

@@ -7,6 +7,9 @@ import json
 import sys
 from typing import List
 
+from magnet_jax import aot
+from magnet_jax.config_io import load_config
+
 
 def add_commands(sub) -> None:
     c = sub.add_parser("compile", help="compile the train step (or sampler) for a TPU slice, no TPU needed",
@@ -22,9 +25,6 @@ def add_commands(sub) -> None:
 
 
 def run_compile(args, overrides: List[str]) -> int:
-    from magnet_jax import aot
-    from magnet_jax.config_io import load_config
-
     if args.num_slices < 1 or args.batch < 1:
         raise ValueError("--num-slices and --batch must be >= 1")
     if args.sampler and args.num_slices != 1:

@@ -12,6 +12,13 @@ from __future__ import annotations
 import os
 from typing import List
 
+import jax
+
+from magnet_jax import hub
+from magnet_jax.convert.encodec import load_encodec
+from magnet_jax.data import prepare
+from magnet_jax.parallel.distributed import maybe_initialize
+
 
 def add_commands(sub) -> None:
     t = sub.add_parser("tokenize", help="audio files -> EnCodec token dataset (TFDS, array_record)",
@@ -41,9 +48,6 @@ def add_commands(sub) -> None:
 
 
 def _codec(name: str):
-    from magnet_jax import hub
-    from magnet_jax.convert.encodec import load_encodec
-
     if os.path.exists(os.path.expanduser(name)):
         return load_encodec(os.path.expanduser(name))[1]
     folder = hub.resolve_component(name, explicit=None, model_dir=None, subfolder="codec",
@@ -60,9 +64,7 @@ def run_tokenize(args, overrides: List[str]) -> int:
     if not os.path.exists(os.path.expanduser(args.source)):  # before the codec loads (or downloads)
         raise ValueError(f"--source {args.source} does not exist: give an audiocraft .jsonl manifest, a folder of "
                          "audio files, or a dataset made with --audio-only")
-    from magnet_jax.hub import looks_like_path
-
-    if not args.audio_only and not os.path.exists(os.path.expanduser(args.codec)) and looks_like_path(args.codec):
+    if not args.audio_only and not os.path.exists(os.path.expanduser(args.codec)) and hub.looks_like_path(args.codec):
         raise ValueError(f"--codec {args.codec}: no such folder or file (give a Hugging Face EnCodec folder, an "
                          "audiocraft compression_state_dict.bin, or a hub name like facebook/encodec_32khz)")
     args.sample_rate = 32000 if args.sample_rate is None else args.sample_rate
@@ -73,13 +75,7 @@ def run_tokenize(args, overrides: List[str]) -> int:
     if args.min_segment_duration > args.segment_duration:
         raise ValueError(f"--min-segment-duration ({args.min_segment_duration}) exceeds --segment-duration "
                          f"({args.segment_duration})")
-    import jax
-
-    from magnet_jax.data import prepare
-
     if args.process_index is None:  # on a pod / cluster: this host's index from the job's environment
-        from magnet_jax.parallel.distributed import maybe_initialize
-
         maybe_initialize()
     pidx = jax.process_index() if args.process_index is None else args.process_index
     pcount = jax.process_count() if args.process_count is None else args.process_count

@@ -31,10 +31,12 @@ from magnet_jax.caches import cache_root
 from magnet_jax.codec import EncodecConfig, EncodecModel
 from magnet_jax.config import Config
 from magnet_jax.config_io import config_from_dict, config_to_dict, dataclass_from_dict
+
+# `torch_pickle.load_torch_file` is called through its module: tests replace it there.
+from magnet_jax.convert import torch_pickle
 from magnet_jax.convert.audiocraft_checkpoint import build_model, load_audiocraft_lm
 from magnet_jax.convert.encodec import load_encodec
 from magnet_jax.convert.t5 import load_t5_encoder
-from magnet_jax.convert import torch_pickle  # called through the module: tests replace it
 from magnet_jax.models.magnet_model import MagnetModel
 from magnet_jax.text.t5 import T5Config, T5Encoder
 from magnet_jax.text.tokenizer import T5Tokenizer

@@ -17,10 +17,12 @@ import numpy as np
 from flax import nnx
 
 from magnet_jax.config import Config
+
+# `torch_pickle.load_torch_file` is called through its module: tests replace it there.
+from magnet_jax.convert import torch_pickle
 from magnet_jax.convert.audiocraft_config import config_from_xp_cfg, parse_xp_cfg
 from magnet_jax.convert.audiocraft_lm import lm_params_from_audiocraft
 from magnet_jax.convert.common import ConversionError, load_into
-from magnet_jax.convert.torch_pickle import load_torch_file
 from magnet_jax.models.magnet_model import MagnetModel
 
 LM_FILE = "state_dict.bin"
@@ -39,7 +41,7 @@ def _resolve_file(path: Union[str, os.PathLike], filename: str) -> Path:
 def read_audiocraft_package(path: Union[str, os.PathLike], filename: str = LM_FILE) -> Dict:
     """The exported dict of an audiocraft checkpoint file (read without torch, see `torch_pickle`)."""
     file = _resolve_file(path, filename)
-    pkg = load_torch_file(file)
+    pkg = torch_pickle.load_torch_file(file)
     if not isinstance(pkg, Mapping):
         raise ConversionError(f"{file} holds a {type(pkg).__name__}, not an audiocraft export dict")
     return dict(pkg)

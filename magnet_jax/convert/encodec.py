@@ -25,10 +25,12 @@ from typing import Tuple, Union
 
 from magnet_jax import hub
 from magnet_jax.codec import EncodecConfig, EncodecModel
+
+# `torch_pickle.load_torch_file` is called through its module: tests replace it there.
+from magnet_jax.convert import torch_pickle
 from magnet_jax.convert.audiocraft_encodec import encodec_from_package
 from magnet_jax.convert.common import ConversionError, read_hf_weights
 from magnet_jax.convert.encodec_params import build_encodec, params_from_hf
-from magnet_jax.convert.torch_pickle import load_torch_file
 
 
 def load_hf_encodec(folder: Union[str, os.PathLike]) -> Tuple[EncodecConfig, EncodecModel]:
@@ -53,7 +55,7 @@ def load_encodec(path: Union[str, os.PathLike], **resolve_kwargs) -> Tuple[Encod
         path = path / "compression_state_dict.bin"
     if not path.is_file():
         raise FileNotFoundError(f"no EnCodec checkpoint at {path}")
-    pkg = load_torch_file(path)
+    pkg = torch_pickle.load_torch_file(path)
     if not isinstance(pkg, dict) or not ("pretrained" in pkg or "best_state" in pkg):
         raise ConversionError(f"{path} is not an audiocraft compression checkpoint")
     if "pretrained" not in pkg:

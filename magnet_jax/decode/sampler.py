@@ -34,6 +34,7 @@ from magnet_jax.decode.rescoring import check_rescorer, token_probabilities
 from magnet_jax.decode.settings import DecodeKnobs, SamplerSettings
 from magnet_jax.decode.stage import StageState, StageTables, StepModel, decode_step, initial_stage_state, step_key
 from magnet_jax.models.magnet_lm import MagnetLM
+from magnet_jax.parallel.distributed import barrier
 from magnet_jax.parallel.logical import axis_rules
 from magnet_jax.parallel.mesh import batch_axis_size, data_sharding, tree_shardings
 
@@ -264,8 +265,6 @@ class MagnetSampler(Sampler):
         args = (self.params, condition, condition_mask, prompt, key, knobs, rescore)
         if jax.process_count() > 1:
             # Compiled first, then every process starts together (see `barrier`).
-            from magnet_jax.parallel.distributed import barrier
-
             with self._context():
                 self._generate_jit.lower(*args, settings=settings, length=length, report=progress is not None).compile()
             barrier("magnet_jax sampler")
