@@ -53,8 +53,7 @@ class RobertaLayer(nnx.Module):
     def __call__(self, x, bias):
         b, s, d = x.shape
         hd = d // self.heads
-        split = lambda t: t.reshape(b, s, self.heads, hd)
-        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        q, k, v = (t.reshape(b, s, self.heads, hd) for t in (self.q(x), self.k(x), self.v(x)))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * hd ** -0.5 + bias
         attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v).reshape(b, s, d)
         x = self.attn_norm(x + self.o(attn))

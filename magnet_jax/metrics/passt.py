@@ -231,7 +231,10 @@ class PaSST(nnx.Module):
         c = config
         d = c.embed_dim
         self.config, self.precision = c, precision
-        init = lambda shape: nnx.Param(jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape) * 0.02)
+
+        def init(shape):
+            return nnx.Param(jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape) * 0.02)
+
         fan_in = c.in_chans * c.patch_size ** 2
         self.patch_kernel = nnx.Param(jax.random.normal(rngs.params(), (c.patch_size, c.patch_size, c.in_chans, d))
                                       * fan_in ** -0.5)  # HWIO
