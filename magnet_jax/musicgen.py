@@ -45,6 +45,14 @@ class MusicGen(TextToAudio):
     def _make_sampler(lm):
         return ARSampler(lm)
 
+    rescorer = None  # MusicGen decodes alone (it is the rescorer of MAGNeT's steps)
+
+    def set_rescorer(self, rescorer) -> MusicGen:
+        """Rescoring applies to MAGNeT (`MAGNeT.set_rescorer`): refused here; None is no rescoring."""
+        if rescorer is not None:
+            raise ValueError(f"rescoring applies to MAGNeT; {self.name} is a causal (MusicGen) LM")
+        return self
+
     @property
     def generation_params(self) -> Dict:
         return dict(DEFAULTS)
