@@ -3,8 +3,12 @@ import os
 
 # XLA aborts the whole process when a device waits long (tens of seconds) for the others at a collective; on a
 # 2-core machine running 8 fake devices beside other jobs that can be mere slowness.
+# The suite's time is XLA's compile time (85% of test_sampler's, measured with jax.monitoring): LLVM at -O0
+# halves it (tests/test_sampler.py: 245 s of compiles -> 124 s, same codes); the tiny programs run fast
+# enough unoptimised. The product and bench/ keep XLA's default.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                                   "--xla_cpu_collective_call_terminate_timeout_seconds=300")
+                                   "--xla_cpu_collective_call_terminate_timeout_seconds=300 "
+                                   "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The test processes compile for TPU slices at the same time (no TPU here): without this, the first
 # to load libtpu holds its lock file and the others fail to describe a topology.
@@ -14,24 +18,28 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # thread. Suspected cause of an intermittent abort (its message lost to capfd) in the 8-device
 # train-step tests of long runs.
 os.environ.setdefault("NPROC", "32")
-# The processes tests start (CLI runs, local clusters) use JAX's persistent compilation cache: keep it in
-# a folder of this session, never the user's ~/.cache (whose entries other runs wrote, or a killed process
-# left torn: reading such an entry has crashed a test process here).
+# Every test process (each xdist worker, and the processes tests start: CLI runs, local clusters) keeps
+# its compilation cache in a folder of its own, made for this run: never the user's ~/.cache (whose
+# entries other runs wrote, or a killed process left torn: reading such an entry has crashed a test
+# process here), and never one shared by two workers (JAX writes entries in place, unlocked, so one
+# process could read what another is half-way through writing).
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
-os.environ.setdefault("MAGNET_JAX_CACHE", tempfile.mkdtemp(prefix="magnet_jax_test_cache_"))
+_CACHE = tempfile.mkdtemp(prefix="magnet_jax_test_cache_")
+os.environ["MAGNET_JAX_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import jax  # noqa: E402
 
-# ... but none in this process. Tests compile many identical programs, so a cache here would save
-# time, but in this long-lived process JAX's cache has crashed it three times: a segfault in CI at 86%
-# of the suite, the same segfault here inside XLA's compile of test_sampler_audiocraft_parity's
-# sampler (2026-12-02, cache on), and an abort inside `put_executable_and_time` (serialising a
-# train step). All three came late in one long process, where the map count (below) ran out: a
-# compile at the limit fails and segfaults the same way with or without the cache (issue 24), so
-# turning it back on is worth a measured full run. CLI calls made in-process set the cache folder;
-# this keeps it off. The processes tests start still use theirs (test_compilation_cache checks it).
-jax.config.update("jax_enable_compilation_cache", False)
+from magnet_jax.caches import enable_compilation_cache  # noqa: E402
+
+# Tests compile many identical programs (a new sampler or train step per test, and every module's
+# programs again after the module's end frees them): they come back from the cache. Earlier crashes
+# blamed on this cache in one long process (a segfault inside XLA's compile, an abort in
+# `put_executable_and_time`) were the process running out of memory maps (issue 24, guarded below).
+enable_compilation_cache(min_compile_time_secs=0.2)
 jax.config.update("jax_default_matmul_precision", "highest")
 
 # Memory maps: every test module's compiled programs are freed when it ends, and the suite stops
