@@ -43,7 +43,7 @@ def _train(args, overrides: List[str]) -> int:
               + (f" (on these held-out batches {fmt(base['floor_heldout_nats'])})" if "floor_heldout_nats" in base else ""))
     verdict = None
     if cfg.data.kind == "synthetic":  # every process takes part (FSDP shards span them), process 0 prints
-        verdict = _sample_after_training(cfg, result)
+        verdict = sample_and_judge(cfg, result)
     if lead:
         print(f"run directory: {result.workdir}")
         if result.plot_path:
@@ -55,7 +55,7 @@ def _train(args, overrides: List[str]) -> int:
     return 0
 
 
-def _sample_after_training(cfg, result):
+def sample_and_judge(cfg, result):
     """Generate from a few captions with the trained model (EMA weights when kept), score how
     well the samples follow the synthetic data's rules, and judge whether the run learned them
     (the verdict, or None without a held-out evaluation)."""
@@ -133,9 +133,24 @@ def _add_process_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 to N-1")
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _configure_logging() -> None:
+    """INFO to stderr in our format. Importing orbax (above) logs through absl, which calls
+    logging.basicConfig() first: the root logger already has a plain stderr handler at WARNING, so a
+    basicConfig here alone would do nothing and the run's log ("train step compiled ...") would vanish."""
+    logging.basicConfig(format=LOG_FORMAT)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in root.handlers:
+        if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:  # not pytest's capture
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO chatter
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'" on CPU
     # `--config.x.y=v` are config overrides, everything else goes to argparse.

@@ -216,6 +216,31 @@ def test_loudness_strategy(tmp_path):
         normalize_audio(wav, strategy="loudness")
 
 
+def test_peak_clip_and_rms_equal_audiocraft_normalize_audio():
+    """audiocraft's own normalize_audio (audiocraft.data.audio_utils) on the same signals: quiet, loud,
+    spiky, stereo; normalising or only avoiding clipping. (Its loudness strategy needs torchaudio's
+    meter, absent here: test_loudness_strategy measures ours with pyloudnorm.)"""
+    import importlib
+
+    from tests.reference import require
+    from tests.reference.audiocraft_lm import load_audiocraft
+
+    torch = require("torch")
+    load_audiocraft()
+    audio_utils = importlib.import_module("audiocraft.data.audio_utils")
+    spiky = _tone(16000, amp=0.05, channels=2)
+    spiky[1, ::997] = 0.9
+    signals = [_tone(16000, amp=0.1), _tone(16000, amp=1.7), spiky, _tone(22050, amp=0.3, channels=2)]
+    settings = [dict(strategy="peak"), dict(strategy="peak", peak_clip_headroom_db=6), dict(strategy="clip"),
+                dict(strategy="rms"), dict(strategy="rms", rms_headroom_db=1), dict(strategy="rms", rms_headroom_db=10)]
+    for wav in signals:
+        for kwargs in settings:
+            for normalize in (True, False):
+                want = audio_utils.normalize_audio(torch.from_numpy(wav.copy()), normalize=normalize, **kwargs).numpy()
+                got = normalize_audio(wav, normalize=normalize, **kwargs)
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=f"{kwargs} normalize={normalize}")
+
+
 def test_silence_and_none():
     silent = np.zeros((2, 16000), np.float32)
     for strategy in ("peak", "clip", "rms", "loudness", "none"):  # audiocraft would write NaNs for peak/rms

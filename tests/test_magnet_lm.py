@@ -127,7 +127,10 @@ def test_bf16_compute_keeps_fp32_params_and_logits():
     assert out.dtype == jnp.float32 and bool(jnp.isfinite(out).all())
     assert model.emb[...].dtype == jnp.float32
     ref = MagnetLM(TINY, rngs=nnx.Rngs(0))(codes, cond, stage=1)
-    assert np.abs(np.asarray(out - ref)).max() < 0.2  # same function, bf16 rounding only
+    # Same function, bf16 rounding only (8-bit mantissa, 2^-8 relative): on logits up to 4.3 the error
+    # measured 0.024 at most and 0.005 on average (0.030 and 0.005 over 4 seeds).
+    err = np.abs(np.asarray(out - ref))
+    assert err.max() < 0.05 and err.mean() < 0.01, (err.max(), err.mean())
 
 
 @pytest.mark.parametrize("context", [2, 9], ids=["diagonal", "banded"])  # 5 keys offset by offset; 19 banded

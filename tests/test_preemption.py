@@ -5,7 +5,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+
+import pytest
 
 from magnet_jax.train.checkpoint import Checkpointer
 from magnet_jax.train.metrics import read_metrics
@@ -17,20 +20,28 @@ LONG = ["--config.train.num_steps=100000", "--config.train.log_every=100000", "-
 
 def _terminate_once_training(cmd, env, timeout=300, target=None):
     """Starts `cmd`, sends SIGTERM a few steps into training (to `target()`'s pid, else to `cmd`);
-    (exit status, stdout, stderr)."""
+    (exit status, stdout, stderr). Fails after `timeout` s without the log line that training began
+    (a run that never logs it would otherwise train its 100,000 steps)."""
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    try:
-        deadline = time.time() + timeout
-        err = []
-        for line in proc.stderr:  # the log goes to stderr
+    err, training = [], threading.Event()
+
+    def read_log():  # the log goes to stderr
+        for line in proc.stderr:
             err.append(line)
-            if "train step compiled" in line or time.time() > deadline:
-                break
+            if "train step compiled" in line:
+                training.set()
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    try:
+        if not training.wait(timeout):
+            pytest.fail(f"no 'train step compiled' in the log after {timeout} s:\n" + "".join(err)[-3000:])
         time.sleep(3)
         os.kill(target() if target else proc.pid, signal.SIGTERM)
-        out, rest = proc.communicate(timeout=120)
-        return proc.returncode, out, "".join(err) + rest
+        proc.wait(timeout=120)
+        reader.join(timeout=30)
+        return proc.returncode, proc.stdout.read(), "".join(err)
     finally:
         if proc.poll() is None:  # TERM first: a launcher then stops its processes (own sessions)
             os.killpg(proc.pid, signal.SIGTERM)

@@ -75,14 +75,21 @@ class _StubModule(types.ModuleType):
         return placeholder
 
 
-def _install_stub(name: str):
+def _import_if_installed(name: str):
     if name in sys.modules:
         return sys.modules[name]
     try:
         if importlib.util.find_spec(name) is not None:
-            return importlib.import_module(name)  # the real thing is installed: use it
+            return importlib.import_module(name)
     except (ImportError, ValueError):
         pass
+    return None
+
+
+def _install_stub(name: str):
+    real = _import_if_installed(name)  # the real thing is installed: use it
+    if real is not None:
+        return real
     module = _StubModule(name)
     module.__path__ = []  # a package, so stubbed submodules (flashy.distrib, ...) can hang below it
     module.__dict__["__audiocraft_lm_stub__"] = True
@@ -185,6 +192,10 @@ def load_audiocraft() -> _Audiocraft:
         raise ReferenceUnavailable("PyTorch is not installed") from e
     _register_packages()
     _install_xformers(torch)
+    # The installed ones first, for real: a stub already in sys.modules (torchaudio) breaks the
+    # import of a real one that probes it (transformers), which would then be stubbed in its turn.
+    for name in _STUBBED:
+        _import_if_installed(name)
     for name in _STUBBED:
         _install_stub(name)
     _LOADED = _Audiocraft(
