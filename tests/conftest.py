@@ -84,9 +84,9 @@ def pytest_runtest_teardown(item, nextitem):
 
 # The longest modules first (measured by `--durations`), so that the parallel processes finish
 # together instead of one running a long module alone at the end; the rest keep their order.
-LONGEST_FIRST = ("test_sampler", "test_train_step", "test_pipeline", "test_trainer", "test_checkpoint",
-                 "test_multiprocess_data", "test_sweep", "test_hybrid", "test_sample_metrics", "test_multiprocess",
-                 "test_data_pipeline", "test_magnet_lm", "test_rescoring")
+LONGEST_FIRST = ("test_trainer", "test_sampler", "test_multiprocess_data", "test_sweep", "test_multiprocess",
+                 "test_train_step", "test_hybrid", "test_pipeline", "test_checkpoint", "test_rescoring", "test_preemption",
+                 "test_sample_metrics", "test_magnet_lm")
 
 
 def pytest_collection_modifyitems(items):
