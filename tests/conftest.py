@@ -18,11 +18,11 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # thread. Suspected cause of an intermittent abort (its message lost to capfd) in the 8-device
 # train-step tests of long runs.
 os.environ.setdefault("NPROC", "32")
-# Every test process (each xdist worker, and the processes tests start: CLI runs, local clusters) keeps
-# its compilation cache in a folder of its own, made for this run: never the user's ~/.cache (whose
-# entries other runs wrote, or a killed process left torn: reading such an entry has crashed a test
-# process here), and never one shared by two workers (JAX writes entries in place, unlocked, so one
-# process could read what another is half-way through writing).
+# Each test process (each xdist worker) keeps its compilation cache in a folder of its own, made for
+# this run; the processes a test starts (CLI runs, local clusters) inherit their worker's folder while it
+# waits for them. Never the user's ~/.cache (whose entries other runs wrote, or a killed process left
+# torn: reading such an entry has crashed a test process here), and never one folder for two workers
+# (JAX writes entries in place, unlocked, so one could read what the other is half-way through writing).
 import atexit  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
